@@ -1,0 +1,44 @@
+"""The encoder: OpenCLIP models loaded from one small spec, embedding images and texts.
+
+The torch-backed parts (``load_encoder``, ``OpenClipEncoder``) load on first use, so that
+image-decoding worker processes, which need only ``ImageTransform``, never import torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from models.encoder import Encoder, Fingerprint
+from models.errors import DeviceUnavailable, ModelError, ModelNotFound, ModelUnavailable
+from models.spec import DEFAULT_MODEL, DEFAULT_PRETRAINED, DEVICES, PRECISIONS, EncoderSpec
+from models.transform import ImageTransform
+
+if TYPE_CHECKING:
+    from models.openclip import OpenClipEncoder, available_models, load_encoder
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "DEFAULT_PRETRAINED",
+    "DEVICES",
+    "PRECISIONS",
+    "DeviceUnavailable",
+    "Encoder",
+    "EncoderSpec",
+    "Fingerprint",
+    "ImageTransform",
+    "ModelError",
+    "ModelNotFound",
+    "ModelUnavailable",
+    "OpenClipEncoder",
+    "available_models",
+    "load_encoder",
+]
+
+_LAZY = {"OpenClipEncoder", "available_models", "load_encoder"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module("models.openclip"), name)
+    raise AttributeError(f"module 'models' has no attribute {name!r}")

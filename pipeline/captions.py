@@ -1,0 +1,117 @@
+"""Captions from sidecar files and CSV / JSON Lines manifests, and image descriptions in XMP."""
+
+from __future__ import annotations
+
+import csv
+import html
+import json
+import os
+import re
+from pathlib import Path
+
+from pipeline.errors import InputNotFound, ManifestError
+
+MAX_CAPTION_CHARS = 1000
+_XMP_DESCRIPTION = re.compile(
+    rb"<dc:description[^>]*>.*?<rdf:li[^>]*>(.*?)</rdf:li>", re.DOTALL | re.IGNORECASE
+)
+
+
+def clean_caption(text: str | None) -> str | None:
+    """The first non-empty line, trimmed to MAX_CAPTION_CHARS; None when there is none."""
+    if not text:
+        return None
+    for raw in text.replace("\x00", "").splitlines():
+        line = " ".join(raw.split())
+        if line:
+            return line[:MAX_CAPTION_CHARS]
+    return None
+
+
+def read_sidecar(path: str) -> str | None:
+    """The caption in a sidecar text file; None when it is empty or unreadable."""
+    try:
+        with open(path, "rb") as f:
+            return clean_caption(f.read(64 * 1024).decode("utf-8", errors="replace"))
+    except OSError:
+        return None
+
+
+def xmp_description(xmp: bytes | str | None) -> str | None:
+    """dc:description from an XMP packet, without an XML parser (packets can be hostile)."""
+    if not xmp:
+        return None
+    data = xmp.encode("utf-8", errors="replace") if isinstance(xmp, str) else xmp
+    match = _XMP_DESCRIPTION.search(data)
+    if not match:
+        return None
+    return clean_caption(html.unescape(match.group(1).decode("utf-8", errors="replace")))
+
+
+def read_manifest(path: str | Path) -> dict[str, str]:
+    """absolute image path -> caption, from a CSV (path,caption) or JSON Lines file.
+
+    Relative paths are taken relative to the manifest's folder.
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise InputNotFound(f"--captions {path}: no such file; give a CSV or JSON Lines file of path,caption")
+    base = path.parent.absolute()
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ManifestError(f"--captions {path}: cannot read it ({exc}); save it as UTF-8") from exc
+    is_jsonl = path.suffix.lower() in (".jsonl", ".ndjson", ".json") or text.lstrip().startswith("{")
+    pairs = _parse_jsonl(path, text) if is_jsonl else _parse_csv(path, text)
+    captions: dict[str, str] = {}
+    for image, caption in pairs:
+        cleaned = clean_caption(caption)
+        if cleaned:
+            captions[os.path.normpath(os.path.join(base, os.path.expanduser(image)))] = cleaned
+    return captions
+
+
+def _parse_jsonl(path: Path, text: str) -> list[tuple[str, str]]:
+    pairs = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ManifestError(f"--captions {path} line {number}: not JSON ({exc.msg})") from exc
+        if not isinstance(row, dict) or not isinstance(row.get("path"), str):
+            raise ManifestError(f'--captions {path} line {number}: expected {{"path": ..., "caption": ...}}')
+        caption = row.get("caption", row.get("text"))
+        if caption is not None and not isinstance(caption, str):
+            raise ManifestError(f"--captions {path} line {number}: caption must be a string")
+        pairs.append((row["path"], caption or ""))
+    return pairs
+
+
+def _parse_csv(path: Path, text: str) -> list[tuple[str, str]]:
+    rows = list(csv.reader(text.splitlines()))
+    if not rows:
+        return []
+    header = [cell.strip().lower() for cell in rows[0]]
+    if "path" in header:
+        p_col = header.index("path")
+        c_col = (
+            header.index("caption")
+            if "caption" in header
+            else (header.index("text") if "text" in header else -1)
+        )
+        if c_col < 0:
+            raise ManifestError(f"--captions {path}: the header has 'path' but no 'caption' column")
+        rows = rows[1:]
+        start = 2
+    else:
+        p_col, c_col, start = 0, 1, 1
+    pairs = []
+    for number, row in enumerate(rows, start):
+        if not any(cell.strip() for cell in row):
+            continue
+        if len(row) <= max(p_col, c_col):
+            raise ManifestError(f"--captions {path} line {number}: expected two columns, path and caption")
+        pairs.append((row[p_col].strip(), row[c_col]))
+    return pairs

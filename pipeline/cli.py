@@ -1,0 +1,269 @@
+"""The clipdex command line: each command parses, builds, calls the library, and formats."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import click
+from rich.progress import Progress as RichProgress
+
+import models
+from models import PRECISIONS, Fingerprint, ModelError
+from pipeline.config import Settings, load_settings
+from pipeline.errors import ClipdexError
+from pipeline.ingest import Progress
+from pipeline.library import TARGETS, Clipdex, collection_info, embed_image_file, encoder_spec
+from pipeline.render import (
+    failure_lines,
+    hits_jsonl,
+    hits_paths,
+    hits_table,
+    report_json,
+    report_text,
+    stats_dict,
+    stats_text,
+)
+from storage import Collection, CollectionNotFound, Hit, StorageError
+
+F = Callable[..., Any]
+
+
+class _Group(click.Group):
+    """Turns library errors into one-line messages and exit code 1, in one place."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (ClipdexError, ModelError, StorageError, ValueError) as exc:
+            raise click.ClickException(str(exc)) from exc
+
+
+def db_options(f: F) -> F:
+    """--db and --config."""
+    f = click.option("--config", "config_file", type=click.Path(dir_okay=False), help="A TOML config file.")(
+        f
+    )
+    return click.option("--db", help="Collection folder or s3:// URI [env CLIPDEX_DB].")(f)
+
+
+def model_options(f: F) -> F:
+    """--model, --pretrained, --device, --precision, --batch-size."""
+    options = [
+        click.option("--batch-size", type=click.IntRange(min=1), help="Images per forward pass."),
+        click.option("--precision", type=click.Choice(PRECISIONS), help="Weights dtype [default: auto]."),
+        click.option("--device", help="auto, cpu, cuda, cuda:N or mps [default: auto]."),
+        click.option("--pretrained", help="Pretrained tag or checkpoint file [env CLIPDEX_PRETRAINED]."),
+        click.option(
+            "--model",
+            help="OpenCLIP name, hf-hub:org/repo or local-dir:/path [env CLIPDEX_MODEL; "
+            "default: the collection's model, else ViT-B-32].",
+        ),
+    ]
+    for option in options:
+        f = option(f)
+    return db_options(f)
+
+
+def query_options(f: F) -> F:
+    """-k, --where, --min-score and the output format."""
+    options = [
+        click.option("--paths", "as_paths", is_flag=True, help="Print only paths, one per line."),
+        click.option("--json", "as_json", is_flag=True, help="Print JSON lines, best first."),
+        click.option("--min-score", type=float, help="Drop results below this cosine similarity."),
+        click.option(
+            "--where", help="SQL filter on metadata, e.g. \"width > 1000 AND path LIKE '%/2024/%'\"."
+        ),
+        click.option("-k", "k", type=click.IntRange(min=1), help="How many results [default: 10]."),
+    ]
+    for option in options:
+        f = option(f)
+    return model_options(f)
+
+
+def _settings(config_file: str | None, **flags: Any) -> Settings:
+    return load_settings(config_file).override(**flags)
+
+
+def _open(create: bool = False, **flags: Any) -> Clipdex:
+    config_file = flags.pop("config_file", None)
+    return Clipdex.open(settings=_settings(config_file, **flags), create=create)
+
+
+@click.group(cls=_Group)
+@click.version_option(package_name="clipdex")
+def cli() -> None:
+    """Search your own images by meaning: ingest folders, then ask in words or with a photo."""
+
+
+@cli.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True))
+@click.option("--include", multiple=True, help="Only files matching this glob (repeatable).")
+@click.option("--exclude", multiple=True, help="Skip files and folders matching this glob (repeatable).")
+@click.option(
+    "--captions", type=click.Path(exists=True, dir_okay=False), help="CSV or JSON Lines of path,caption."
+)
+@click.option("--max-pixels", type=click.IntRange(min=1), help="Refuse larger images [default: 200000000].")
+@click.option("--workers", type=click.IntRange(min=0), help="Decode processes; 0 decodes in-process.")
+@click.option("--retry-failed", is_flag=True, help="Try again files that failed before and did not change.")
+@click.option("--json", "as_json", is_flag=True, help="End with one JSON object of counts.")
+@model_options
+def ingest(
+    paths: tuple[str, ...],
+    captions: str | None,
+    retry_failed: bool,
+    as_json: bool,
+    **flags: Any,
+) -> None:
+    """Add new, changed and moved images under PATHS; remove deleted ones."""
+    lib = _open(create=True, **flags)
+    with _progress_bar() as progress:
+        report = lib.ingest(list(paths), captions=captions, retry_failed=retry_failed, progress=progress)
+    db = lib.collection.uri
+    if as_json:
+        click.echo(report_text(report, db), err=True)
+        click.echo(report_json(report, db))
+    else:
+        click.echo(report_text(report, db))
+
+
+@cli.command()
+@click.argument("text")
+@click.option(
+    "--target", type=click.Choice(TARGETS), default="image", show_default=True, help="Vectors to match."
+)
+@query_options
+def search(
+    text: str, target: str, k: int | None, where: str | None, min_score: float | None, **flags: Any
+) -> None:
+    """Images that match TEXT, best first."""
+    as_json, as_paths = flags.pop("as_json"), flags.pop("as_paths")
+    lib = _open(**flags)
+    hits = lib.search(text, k=k, where=where, min_score=min_score, target=target)
+    _print_hits(hits, as_json, as_paths, min_score)
+
+
+@cli.command()
+@click.argument("image", required=False, type=click.Path())
+@click.option("--id", "image_id", help="A stored image's id instead of a file.")
+@query_options
+def similar(
+    image: str | None,
+    image_id: str | None,
+    k: int | None,
+    where: str | None,
+    min_score: float | None,
+    **flags: Any,
+) -> None:
+    """Images like IMAGE (a file anywhere on disk) or like a stored image (--id)."""
+    if (image is None) == (image_id is None):
+        raise click.UsageError("give an IMAGE file or --id ID, not both or neither")
+    as_json, as_paths = flags.pop("as_json"), flags.pop("as_paths")
+    lib = _open(**flags)
+    if image_id is not None:
+        hits = lib.similar_to(image_id, k=k, where=where, min_score=min_score)
+    else:
+        hits = lib.similar(str(image), k=k, where=where, min_score=min_score)
+    _print_hits(hits, as_json, as_paths, min_score)
+
+
+@cli.command()
+@click.option("--text", help="Embed this text.")
+@click.option("--image", type=click.Path(), help="Embed this image file.")
+@click.option("--json", "as_json", is_flag=True, help='Print {"vector": [...]} (the only format).')
+@model_options
+def embed(text: str | None, image: str | None, as_json: bool, **flags: Any) -> None:
+    """Print the vector of a text or an image file, as JSON."""
+    if (text is None) == (image is None):
+        raise click.UsageError("give --text TEXT or --image PATH, not both or neither")
+    settings = _settings(flags.pop("config_file"), **flags)
+    stored = _stored_fingerprint(settings)
+    encoder = models.load_encoder(encoder_spec(settings, stored))
+    if text is not None:
+        vector = encoder.embed_texts([text])[0]
+    else:
+        vector = embed_image_file(encoder, str(image), settings.max_pixels)
+    fp = encoder.fingerprint
+    click.echo(json.dumps({"vector": [round(float(x), 7) for x in vector], "model": fp.label}))
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@db_options
+def info(as_json: bool, db: str | None, config_file: str | None) -> None:
+    """Counts, the model and the location of the collection."""
+    stats = collection_info(settings=_settings(config_file, db=db))
+    if as_json:
+        click.echo(json.dumps(stats_dict(stats), ensure_ascii=False))
+    else:
+        click.echo(stats_text(stats, Fingerprint.from_json(stats.model).label))
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON lines.")
+@db_options
+def failures(as_json: bool, db: str | None, config_file: str | None) -> None:
+    """Files that could not be ingested, and why."""
+    collection = Collection.open(_settings(config_file, db=db).db_uri)
+    found = collection.failures()
+    if as_json:
+        for f in found:
+            click.echo(json.dumps({"path": f.path, "reason": f.reason}, ensure_ascii=False))
+    elif found:
+        click.echo("\n".join(failure_lines(found)))
+    else:
+        click.echo("no failures", err=True)
+
+
+def _stored_fingerprint(settings: Settings) -> Fingerprint | None:
+    try:
+        return Fingerprint.from_json(Collection.open(settings.db_uri).model)
+    except CollectionNotFound:
+        return None
+
+
+def _print_hits(hits: list[Hit], as_json: bool, as_paths: bool, min_score: float | None) -> None:
+    if not hits:
+        floor = f" at or above score {min_score}" if min_score is not None else ""
+        click.echo(f"no matches{floor}", err=True)
+        return
+    if as_json:
+        click.echo(hits_jsonl(hits))
+    elif as_paths:
+        click.echo(hits_paths(hits))
+    else:
+        click.echo(hits_table(hits))
+
+
+class _progress_bar:
+    """A rich progress bar on stderr when it is a terminal; silent otherwise."""
+
+    def __init__(self) -> None:
+        self._bar: Any = None
+        self._tasks: dict[str, Any] = {}
+
+    def __enter__(self) -> Callable[[Progress], None] | None:
+        if not sys.stderr.isatty():
+            return None
+        self._bar = RichProgress(transient=True)
+        self._bar.start()
+        return self._update
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+    def _update(self, event: Progress) -> None:
+        labels = {"hash": "checking moved files", "embed": "embedding"}
+        if event.phase not in labels:
+            return
+        if event.phase not in self._tasks:
+            self._tasks[event.phase] = self._bar.add_task(labels[event.phase], total=event.total)
+        self._bar.update(self._tasks[event.phase], completed=event.done)
+
+
+def main() -> None:
+    """Console entry point."""
+    cli(prog_name="clipdex")

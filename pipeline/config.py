@@ -1,0 +1,119 @@
+"""Settings: one frozen dataclass; precedence is flag > environment variable > config file > default."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+import platformdirs
+
+from pipeline.errors import ConfigError
+
+DEFAULT_MAX_PIXELS = 200_000_000
+DEFAULT_K = 10
+ENV_PREFIX = "CLIPDEX_"
+USER_CONFIG = Path(platformdirs.user_config_dir("clipdex")) / "config.toml"
+
+
+def default_db() -> str:
+    """Where a collection lives when --db and CLIPDEX_DB are not given."""
+    return str(Path(platformdirs.user_data_dir("clipdex")) / "collection")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every tunable of clipdex, with its default."""
+
+    db: str = ""  # a folder or s3://... URI; empty means default_db()
+    model: str | None = None  # None: the collection's own model, else models.DEFAULT_MODEL
+    pretrained: str | None = None  # None: the collection's own tag, else models.DEFAULT_PRETRAINED
+    device: str = "auto"
+    precision: str = "auto"
+    batch_size: int | None = None  # None: chosen from the device
+    workers: int | None = None  # decode processes; None: one per core, 0: decode in-process
+    max_pixels: int = DEFAULT_MAX_PIXELS  # larger images are refused as decompression bombs
+    include: tuple[str, ...] = ()  # globs a file must match (any), relative path or name
+    exclude: tuple[str, ...] = ()  # globs that skip files and folders
+    k: int = DEFAULT_K
+    min_score: float | None = None
+
+    @property
+    def db_uri(self) -> str:
+        """The collection location, with ~ expanded and local paths made absolute."""
+        if not self.db:
+            return default_db()
+        if "://" in self.db:
+            return self.db
+        return os.path.abspath(os.path.expanduser(self.db))
+
+    def override(self, **values: Any) -> Settings:
+        """A copy with the given values, skipping those that are None (flags not given)."""
+        given = {k: v for k, v in values.items() if v is not None and v != ()}
+        return replace(self, **_coerce(given, "flag"))
+
+
+def load_settings(config_file: str | Path | None = None, env: Mapping[str, str] | None = None) -> Settings:
+    """Defaults, overlaid by a TOML config file, overlaid by CLIPDEX_* environment variables."""
+    env = os.environ if env is None else env
+    path = config_file or env.get(ENV_PREFIX + "CONFIG")
+    settings = Settings()
+    if path:
+        settings = replace(settings, **_read_toml(Path(path).expanduser(), required=True))
+    elif USER_CONFIG.is_file():
+        settings = replace(settings, **_read_toml(USER_CONFIG, required=False))
+    from_env = {
+        f.name: env[ENV_PREFIX + f.name.upper()]
+        for f in fields(Settings)
+        if ENV_PREFIX + f.name.upper() in env
+    }
+    return replace(settings, **_coerce(from_env, "environment variable"))
+
+
+def _read_toml(path: Path, *, required: bool) -> dict[str, Any]:
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise ConfigError(f"config file {path} does not exist; fix --config or CLIPDEX_CONFIG") from exc
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"config file {path}: {exc}; fix the TOML syntax") from exc
+    values = dict(data.get("clipdex", data))
+    known = {f.name for f in fields(Settings)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(
+            f"config file {path}: unknown key {unknown[0]!r}; known keys: {', '.join(sorted(known))}"
+        )
+    return _coerce(values, f"config file {path}")
+
+
+def _coerce(values: dict[str, Any], source: str) -> dict[str, Any]:
+    """Check and convert raw values (strings from the environment, TOML values) to field types."""
+    out: dict[str, Any] = {}
+    for name, raw in values.items():
+        try:
+            out[name] = _convert(name, raw)
+        except (TypeError, ValueError) as exc:
+            label = ENV_PREFIX + name.upper() if source == "environment variable" else name
+            raise ConfigError(f"{source} {label}={raw!r}: {exc}") from exc
+    return out
+
+
+def _convert(name: str, raw: Any) -> Any:
+    if name in ("batch_size", "workers", "max_pixels", "k"):
+        value = int(raw)
+        if value < (0 if name == "workers" else 1):
+            raise ValueError("must be a positive whole number")
+        return value
+    if name == "min_score":
+        return None if raw in ("", None) else float(raw)
+    if name in ("include", "exclude"):
+        if isinstance(raw, str):
+            return tuple(p for p in raw.split(",") if p)
+        return tuple(str(p) for p in raw)
+    if name in ("model", "pretrained"):
+        return str(raw) or None
+    return str(raw)

@@ -1,0 +1,189 @@
+"""Reading one image file: hash, decode safely, orient, convert to RGB, resize for the model.
+
+Runs in worker processes: it imports Pillow, numpy and models.transform, never torch.
+Every function here returns a result or a failure; none raises for a bad file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import warnings
+from dataclasses import dataclass
+from datetime import datetime
+
+import numpy as np
+import pillow_heif
+from PIL import Image, ImageCms, ImageFile, ImageOps, UnidentifiedImageError
+
+from models.transform import ImageTransform
+from pipeline.captions import clean_caption, xmp_description
+
+pillow_heif.register_heif_opener()
+# Our own pixel cap (max_pixels) replaces Pillow's, so the message can name the flag.
+Image.MAX_IMAGE_PIXELS = None
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "HEIF", "AVIF")  # MPO opens as JPEG
+FORMATS_HELP = "JPEG, PNG, WebP, GIF, BMP, TIFF or HEIC"
+EXIF_ORIENTATION = 0x0112
+EXIF_DESCRIPTION = 0x010E
+EXIF_IFD = 0x8769
+EXIF_DATETIME_ORIGINAL = 0x9003
+_SRGB = ImageCms.createProfile("sRGB")
+_ROTATED = (5, 6, 7, 8)  # orientations that swap width and height
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """A decoded image: its facts, and pixels ready for the model (None when only hashed)."""
+
+    path: str
+    hash: str
+    size: int
+    width: int  # as displayed, after EXIF orientation
+    height: int
+    format: str
+    taken_at: datetime | None
+    description: str | None  # EXIF ImageDescription or XMP dc:description
+    pixels: np.ndarray | None
+
+
+@dataclass(frozen=True)
+class DecodeFailed:
+    """A file that could not be used, with a one-line reason."""
+
+    path: str
+    reason: str
+
+
+def content_hash(data: bytes) -> str:
+    """The content hash stored per image (BLAKE2b, 128 bits)."""
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+@dataclass(frozen=True)
+class Hashed:
+    """A file's content hash, computed without decoding it."""
+
+    path: str
+    hash: str
+
+
+def hash_file(path: str) -> Hashed | DecodeFailed:
+    """Only the content hash: to recognise a moved file without decoding it."""
+    try:
+        with open(path, "rb") as f:
+            return Hashed(path, content_hash(f.read()))
+    except OSError as exc:
+        return DecodeFailed(path, f"cannot read: {exc.strerror or exc}")
+
+
+def decode_file(path: str, transform: ImageTransform, max_pixels: int) -> Decoded | DecodeFailed:
+    """Read, hash and decode one file; never raises for a bad file."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as exc:
+        return DecodeFailed(
+            path, f"cannot read: {exc.strerror or exc}; check that the file exists and is readable"
+        )
+    if not data:
+        return DecodeFailed(path, "empty file (0 bytes)")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Pillow warns about odd palettes and EXIF; we judge by results
+        try:
+            return _decode(path, data, transform, max_pixels)
+        except UnidentifiedImageError:
+            return DecodeFailed(path, f"not an image clipdex can read ({FORMATS_HELP})")
+        except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as exc:
+            return DecodeFailed(path, f"corrupt or truncated image: {_first_line(exc)}")
+        except MemoryError:
+            return DecodeFailed(path, "out of memory while decoding; lower --max-pixels or --workers")
+        except Exception as exc:  # a decoder bug must not stop the batch
+            return DecodeFailed(path, f"decoder error {type(exc).__name__}: {_first_line(exc)}")
+
+
+def _decode(path: str, data: bytes, transform: ImageTransform, max_pixels: int) -> Decoded | DecodeFailed:
+    image = Image.open(io.BytesIO(data), formats=FORMATS)
+    image_format = str(image.format)
+    width, height = image.size
+    if width * height > max_pixels:
+        return DecodeFailed(
+            path,
+            f"{width}x{height} is {width * height / 1e6:.0f} MP, over the {max_pixels / 1e6:.0f} MP cap "
+            "(a decompression bomb?); raise it with --max-pixels",
+        )
+    exif = image.getexif()
+    orientation = exif.get(EXIF_ORIENTATION, 1)
+    description = clean_caption(_text(exif.get(EXIF_DESCRIPTION))) or xmp_description(image.info.get("xmp"))
+    taken_at = _exif_datetime(exif.get_ifd(EXIF_IFD).get(EXIF_DATETIME_ORIGINAL))
+    if image_format in ("JPEG", "MPO"):
+        # Decode at the smallest DCT scale that still covers the model input: 4-8x less work.
+        shown_w, shown_h = (height, width) if orientation in _ROTATED else (width, height)
+        draft_w, draft_h = transform.draft_size(shown_w, shown_h)
+        image.draft(None, (draft_h, draft_w) if orientation in _ROTATED else (draft_w, draft_h))
+    image.load()
+    oriented: Image.Image = ImageOps.exif_transpose(image) if orientation != 1 else image
+    shown = (height, width) if orientation in _ROTATED else (width, height)
+    pixels = transform.to_pixels(to_rgb(oriented))
+    return Decoded(
+        path=path,
+        hash=content_hash(data),
+        size=len(data),
+        width=shown[0],
+        height=shown[1],
+        format=image_format,
+        taken_at=taken_at,
+        description=description,
+        pixels=pixels,
+    )
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """RGB with alpha flattened onto white, 16-bit scaled (not clipped), CMYK through its ICC profile."""
+    mode = image.mode
+    if mode == "RGB":
+        return image
+    if mode == "P":
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+        mode = image.mode
+    if mode in ("RGBA", "LA", "PA", "La", "RGBa"):
+        rgba = image.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    if mode.startswith("I") or mode == "F":
+        array = np.asarray(image).astype(np.float64)
+        top = 65535.0 if array.max(initial=0) > 255 else 255.0
+        gray = np.clip(array * (255.0 / top), 0, 255).astype(np.uint8)
+        return Image.fromarray(gray, "L").convert("RGB")
+    if mode == "CMYK" and image.info.get("icc_profile"):
+        try:
+            source = ImageCms.ImageCmsProfile(io.BytesIO(image.info["icc_profile"]))
+            converted = ImageCms.profileToProfile(image, source, _SRGB, outputMode="RGB")
+            if converted is not None:
+                return converted
+        except (ImageCms.PyCMSError, OSError, ValueError):
+            pass  # a broken profile: fall back to Pillow's plain conversion
+    return image.convert("RGB")
+
+
+def _text(value: object) -> str | None:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    return value if isinstance(value, str) else None
+
+
+def _exif_datetime(value: object) -> datetime | None:
+    text = _text(value)
+    if not text:
+        return None
+    try:
+        return datetime.strptime(text.strip().rstrip("\x00")[:19], "%Y:%m:%d %H:%M:%S")
+    except ValueError:
+        return None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

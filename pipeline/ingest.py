@@ -1,0 +1,297 @@
+"""Incremental ingest: scan, compare with the collection, decode in workers, embed in batches, write.
+
+Each batch is one commit, so an interrupted run keeps what it finished and the next run does
+the rest. A file is decoded only when it is new or its size or mtime changed; a new path whose
+content hash equals that of a vanished file is a move, and keeps its vector.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+
+import numpy as np
+
+from models import Encoder
+from pipeline.captions import read_sidecar
+from pipeline.decode import Decoded, DecodeFailed, decode_file, hash_file
+from pipeline.scan import ScannedFile, Scanner
+from pipeline.workers import DecodePool
+from storage import CaptionUpdate, Collection, Failure, FileState, ImageRecord, Moved
+
+
+@dataclass
+class IngestReport:
+    """What one ingest run did."""
+
+    added: int = 0
+    updated: int = 0  # changed content, re-embedded
+    moved: int = 0  # same content at a new path: vector kept
+    removed: int = 0
+    unchanged: int = 0
+    failed: int = 0  # files in scope that cannot be ingested (new failures and known ones)
+    captions: int = 0  # captions added, changed or removed without re-embedding the image
+    videos_skipped: int = 0
+    new_failures: list[Failure] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def counts(self) -> dict[str, int]:
+        """The integer counters, as the CLI's --json prints them."""
+        return {k: v for k, v in asdict(self).items() if isinstance(v, int)}
+
+
+@dataclass(frozen=True)
+class Progress:
+    """A progress event: phase is 'scan', 'hash', 'embed' or 'done'."""
+
+    phase: str
+    done: int
+    total: int
+
+
+ProgressFn = Callable[[Progress], None]
+
+
+@dataclass(frozen=True)
+class IngestOptions:
+    """How to walk and decode; see pipeline.config.Settings for the defaults."""
+
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    max_pixels: int = 200_000_000
+    workers: int = 0
+    captions: dict[str, str] = field(default_factory=dict)  # manifest: absolute path -> caption
+    retry_failed: bool = False
+    prune: bool = True  # remove rows of files that disappeared under the roots
+
+
+@dataclass
+class _Plan:
+    decode: list[ScannedFile] = field(default_factory=list)  # new or changed
+    unchanged: list[ScannedFile] = field(default_factory=list)
+    missing: list[FileState] = field(default_factory=list)
+    known_failed: int = 0
+
+
+class Ingester:
+    """Brings a collection in line with folders on disk."""
+
+    def __init__(self, collection: Collection, encoder: Encoder, options: IngestOptions) -> None:
+        self.collection = collection
+        self.encoder = encoder
+        self.options = options
+        self._progress: ProgressFn = lambda _: None
+
+    def run(self, roots: Sequence[str], progress: ProgressFn | None = None) -> IngestReport:
+        """Scan the roots and sync the collection with them."""
+        started = time.monotonic()
+        self._progress = progress or self._progress
+        report = IngestReport()
+        opts = self.options
+        scan = Scanner(opts.include, opts.exclude, skip=[self.collection.uri]).scan(roots)
+        report.videos_skipped = scan.videos
+        self._progress(Progress("scan", len(scan.files), len(scan.files)))
+        states = self.collection.file_states()
+        failed_before = self.collection.failure_states()
+        scopes = [os.path.abspath(os.path.expanduser(r)) for r in roots]
+        plan = self._plan(scan.files, states, failed_before, scopes)
+        report.unchanged = len(plan.unchanged)
+        report.failed = plan.known_failed
+        now = datetime.now(UTC)
+        scan_failures = [Failure(p, reason, 0, 0, now) for p, reason in scan.errors]
+        self._fail(report, scan_failures)
+
+        with DecodePool(opts.workers) as pool:
+            to_decode = self._apply_moves(pool, plan, report)
+            self._embed_all(pool, to_decode, states, report)
+        self._sync_captions(plan.unchanged, states, report)
+        if opts.prune:
+            gone = [s for s in plan.missing if s.id]  # moves cleared their ids
+            report.removed = self.collection.delete(s.id for s in gone)
+        present = {f.path for f in scan.files} | {p for p, _ in scan.errors}
+        stale = [p for p in failed_before if _in_scope(p, scopes) and p not in present]
+        self.collection.clear_failures(stale)
+        report.seconds = time.monotonic() - started
+        self._progress(Progress("done", 1, 1))
+        return report
+
+    def _plan(
+        self,
+        files: list[ScannedFile],
+        states: dict[str, FileState],
+        failed_before: dict[str, Failure],
+        scopes: list[str],
+    ) -> _Plan:
+        plan = _Plan()
+        seen = set()
+        for f in files:
+            seen.add(f.path)
+            stored = states.get(f.path)
+            failure = failed_before.get(f.path)
+            if stored is not None and stored.size == f.size and stored.mtime_ns == f.mtime_ns:
+                plan.unchanged.append(f)
+            elif (
+                failure is not None
+                and not self.options.retry_failed
+                and (failure.size, failure.mtime_ns) == (f.size, f.mtime_ns)
+            ):
+                plan.known_failed += 1  # same bytes failed before: don't decode again
+            else:
+                plan.decode.append(f)
+        plan.missing = [s for p, s in states.items() if p not in seen and _in_scope(p, scopes)]
+        return plan
+
+    def _apply_moves(self, pool: DecodePool, plan: _Plan, report: IngestReport) -> list[ScannedFile]:
+        """Match new paths to vanished rows by content hash; return the files still to decode."""
+        if not plan.missing:
+            return plan.decode
+        states_by_hash: dict[str, list[FileState]] = defaultdict(list)
+        for state in plan.missing:
+            states_by_hash[state.hash].append(state)
+        missing_sizes = {s.size for s in plan.missing}
+        # Only a file of the same size as a vanished one can be that file moved.
+        candidates = {f.path: f for f in plan.decode if f.size in missing_sizes}
+        moves: list[Moved] = []
+        claimed: set[str] = set()
+        for done, result in enumerate(pool.map(hash_file, list(candidates)), 1):
+            self._progress(Progress("hash", done, len(candidates)))
+            if isinstance(result, DecodeFailed):
+                continue  # the decode step will record it
+            matches = states_by_hash.get(result.hash)
+            if matches:
+                state = matches.pop()
+                f = candidates[result.path]
+                moves.append(Moved(state.id, f.path, f.size, f.mtime_ns))
+                claimed.add(state.id)
+        self.collection.move(moves)
+        report.moved = len(moves)
+        moved_paths = {m.path for m in moves}
+        plan.missing = [s for s in plan.missing if s.id not in claimed]
+        return [f for f in plan.decode if f.path not in moved_paths]
+
+    def _embed_all(
+        self, pool: DecodePool, files: list[ScannedFile], states: dict[str, FileState], report: IngestReport
+    ) -> None:
+        by_path = {f.path: f for f in files}
+        batch: list[Decoded] = []
+        failures: list[Failure] = []
+        touched: list[Moved] = []
+        size = self.encoder.batch_size
+        results = pool.map(decode_file, list(by_path), self.encoder.transform, self.options.max_pixels)
+        for done, result in enumerate(results, 1):
+            if isinstance(result, DecodeFailed):
+                f = by_path[result.path]
+                failures.append(Failure(result.path, result.reason, f.size, f.mtime_ns, datetime.now(UTC)))
+            else:
+                stored = states.get(result.path)
+                f = by_path[result.path]
+                if stored is not None and stored.hash == result.hash:
+                    touched.append(Moved(stored.id, f.path, f.size, f.mtime_ns))  # mtime changed only
+                else:
+                    batch.append(result)
+            if len(batch) >= size or (done == len(by_path) and (batch or failures or touched)):
+                self._commit(batch, failures, touched, by_path, states, report)
+                batch, failures, touched = [], [], []
+            self._progress(Progress("embed", done, len(by_path)))
+
+    def _commit(
+        self,
+        batch: list[Decoded],
+        failures: list[Failure],
+        touched: list[Moved],
+        files: dict[str, ScannedFile],
+        states: dict[str, FileState],
+        report: IngestReport,
+    ) -> None:
+        """Embed one batch and write it, its failures and its touched rows."""
+        if batch:
+            pixels = np.stack([d.pixels for d in batch if d.pixels is not None])
+            vectors = self.encoder.embed_pixels(pixels)
+            captions = [self._caption(files[d.path], embedded=d.description) for d in batch]
+            caption_vectors = self._embed_captions([c for c, _ in captions])
+            records = []
+            for d, vector, (caption, source), caption_vector in zip(
+                batch, vectors, captions, caption_vectors, strict=True
+            ):
+                stored, f = states.get(d.path), files[d.path]
+                records.append(
+                    ImageRecord(
+                        id=stored.id if stored else secrets.token_hex(8),
+                        path=d.path,
+                        # size and mtime as scanned: if the file changed since, the next run
+                        # sees a difference and checks it again.
+                        size=f.size,
+                        mtime_ns=f.mtime_ns,
+                        hash=d.hash,
+                        width=d.width,
+                        height=d.height,
+                        format=d.format,
+                        vector=vector,
+                        taken_at=d.taken_at,
+                        caption=caption,
+                        caption_source=source,
+                        caption_vector=caption_vector,
+                    )
+                )
+                if stored:
+                    report.updated += 1
+                else:
+                    report.added += 1
+            self.collection.upsert(records)
+            self.collection.clear_failures(d.path for d in batch)
+        if touched:
+            self.collection.move(touched)
+            self.collection.clear_failures(t.path for t in touched)
+            report.unchanged += len(touched)
+        self._fail(report, failures)
+
+    def _fail(self, report: IngestReport, failures: list[Failure]) -> None:
+        if failures:
+            self.collection.record_failures(failures)
+            report.failed += len(failures)
+            report.new_failures.extend(failures)
+
+    def _caption(self, f: ScannedFile, embedded: str | None) -> tuple[str | None, str | None]:
+        """The caption and its source: a manifest beats a sidecar file beats the image's own description."""
+        manifest = self.options.captions.get(f.path)
+        if manifest:
+            return manifest, "manifest"
+        sidecar = read_sidecar(f.sidecar) if f.sidecar else None
+        if sidecar:
+            return sidecar, "sidecar"
+        if embedded:
+            return embedded, "embedded"
+        return None, None
+
+    def _embed_captions(self, captions: Sequence[str | None]) -> list[np.ndarray | None]:
+        texts = [c for c in captions if c]
+        vectors = iter(self.encoder.embed_texts(texts)) if texts else iter(())
+        return [next(vectors) if c else None for c in captions]
+
+    def _sync_captions(
+        self, files: Iterable[ScannedFile], states: dict[str, FileState], report: IngestReport
+    ) -> None:
+        """Pick up sidecar and manifest edits for images whose own bytes did not change."""
+        changes: list[tuple[str, str | None, str | None]] = []
+        for f in files:
+            stored = states[f.path]
+            # The image's own description only changes with its bytes, so the stored one stands.
+            keep_embedded = stored.caption if stored.caption_source == "embedded" else None
+            caption, source = self._caption(f, embedded=keep_embedded)
+            if (caption, source) != (stored.caption, stored.caption_source):
+                changes.append((stored.id, caption, source))
+        if changes:
+            vectors = self._embed_captions([c for _, c, _ in changes])
+            self.collection.set_captions(
+                [CaptionUpdate(i, c, s, v) for (i, c, s), v in zip(changes, vectors, strict=True)]
+            )
+            report.captions = len(changes)
+
+
+def _in_scope(path: str, scopes: list[str]) -> bool:
+    return any(path == s or path.startswith(s.rstrip(os.sep) + os.sep) for s in scopes)

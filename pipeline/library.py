@@ -1,0 +1,232 @@
+"""The Python API: a collection and the encoder that fills and queries it."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+import models
+from models import DEFAULT_MODEL, DEFAULT_PRETRAINED, Encoder, EncoderSpec, Fingerprint
+from pipeline.captions import read_manifest
+from pipeline.config import Settings, load_settings
+from pipeline.decode import DecodeFailed, decode_file
+from pipeline.errors import BadQueryImage, ClipdexError, InputNotFound, ModelMismatch
+from pipeline.ingest import Ingester, IngestOptions, IngestReport, ProgressFn
+from pipeline.workers import default_workers
+from storage import Collection, CollectionNotFound, Hit, Stats
+
+TARGETS = ("image", "caption", "both")
+_COLUMNS = {"image": ("vector",), "caption": ("caption_vector",), "both": ("vector", "caption_vector")}
+
+
+class Clipdex:
+    """Ingest folders into a collection and search it by text or image.
+
+    >>> lib = Clipdex.open("~/photos.clipdex", model="local-dir:/models/tiny", create=True)
+    >>> lib.ingest(["~/Pictures"]).added
+    >>> [hit.path for hit in lib.search("a dog on the beach", k=5)]
+    """
+
+    def __init__(self, collection: Collection, encoder: Encoder, settings: Settings | None = None) -> None:
+        stored = Fingerprint.from_json(collection.model)
+        if stored != encoder.fingerprint:
+            raise ModelMismatch(_mismatch(collection.uri, stored, encoder.fingerprint))
+        self.collection = collection
+        self.encoder = encoder
+        self.settings = settings or Settings()
+
+    @classmethod
+    def open(
+        cls,
+        db: str | Path | None = None,
+        *,
+        model: str | None = None,
+        pretrained: str | None = None,
+        device: str | None = None,
+        precision: str | None = None,
+        batch_size: int | None = None,
+        create: bool = False,
+        settings: Settings | None = None,
+    ) -> Clipdex:
+        """Open the collection at db (created when create=True) with its model, or the one named.
+
+        Arguments left as None come from ``settings`` (default: config file and CLIPDEX_* variables).
+        """
+        settings = (settings or load_settings()).override(
+            db=str(db) if db is not None else None,
+            model=model,
+            pretrained=pretrained,
+            device=device,
+            precision=precision,
+            batch_size=batch_size,
+        )
+        uri = settings.db_uri
+        try:
+            collection: Collection | None = Collection.open(uri)
+        except CollectionNotFound:
+            if not create:
+                raise
+            collection = None
+        stored = Fingerprint.from_json(collection.model) if collection else None
+        spec = encoder_spec(settings, stored)
+        if stored and (spec.model, spec.pretrained) != (stored.model, stored.pretrained):
+            # Refuse before loading (or downloading) a model the collection cannot use.
+            asked = Fingerprint(spec.model, spec.pretrained, stored.dimension, stored.preprocess)
+            raise ModelMismatch(_mismatch(uri, stored, asked))
+        encoder = models.load_encoder(spec)  # imports torch and open_clip on first use
+        if collection is None:
+            fingerprint = encoder.fingerprint
+            collection = Collection.create(uri, model=fingerprint.to_json(), dimension=fingerprint.dimension)
+        return cls(collection, encoder, settings)
+
+    def ingest(
+        self,
+        paths: Sequence[str | Path],
+        *,
+        captions: str | Path | None = None,
+        retry_failed: bool = False,
+        progress: ProgressFn | None = None,
+    ) -> IngestReport:
+        """Bring the collection in line with these folders and files (new, changed, moved, deleted)."""
+        roots = [os.path.abspath(os.path.expanduser(str(p))) for p in paths]
+        for root in roots:
+            if not os.path.lexists(root):
+                raise InputNotFound(f"{root} does not exist; check the path to ingest")
+        s = self.settings
+        options = IngestOptions(
+            include=s.include,
+            exclude=s.exclude,
+            max_pixels=s.max_pixels,
+            workers=default_workers() if s.workers is None else s.workers,
+            captions=read_manifest(captions) if captions else {},
+            retry_failed=retry_failed,
+        )
+        return Ingester(self.collection, self.encoder, options).run(roots, progress)
+
+    def search(
+        self,
+        text: str,
+        *,
+        k: int | None = None,
+        where: str | None = None,
+        min_score: float | None = None,
+        target: str = "image",
+    ) -> list[Hit]:
+        """Images that match a text, best first; target 'image', 'caption' or 'both' vectors."""
+        if not text.strip():
+            raise ClipdexError("the search text is empty; give some words, e.g. clipdex search 'a dog'")
+        return self.search_vector(self.embed_text(text), k=k, where=where, min_score=min_score, target=target)
+
+    def similar(
+        self,
+        image: str | Path,
+        *,
+        k: int | None = None,
+        where: str | None = None,
+        min_score: float | None = None,
+    ) -> list[Hit]:
+        """Images like an image file anywhere on disk, best first."""
+        return self.search_vector(self.embed_image(image), k=k, where=where, min_score=min_score)
+
+    def similar_to(
+        self, image_id: str, *, k: int | None = None, where: str | None = None, min_score: float | None = None
+    ) -> list[Hit]:
+        """Images like a stored image (which is left out of the results), best first."""
+        record = self.collection.get(image_id)
+        if record is None:
+            raise InputNotFound(
+                f"--id {image_id}: no image with this id; ids are in the output of search --json"
+            )
+        not_self = f"id != '{image_id}'"
+        where = f"({where}) AND {not_self}" if where else not_self
+        return self.search_vector(record.vector, k=k, where=where, min_score=min_score)
+
+    def search_vector(
+        self,
+        vector: np.ndarray,
+        *,
+        k: int | None = None,
+        where: str | None = None,
+        min_score: float | None = None,
+        target: str = "image",
+    ) -> list[Hit]:
+        """The nearest images to a query vector, best first."""
+        if target not in TARGETS:
+            raise ClipdexError(f"--target {target}: choose one of {', '.join(TARGETS)}")
+        k = k or self.settings.k
+        min_score = self.settings.min_score if min_score is None else min_score
+        best: dict[str, Hit] = {}
+        for column in _COLUMNS[target]:
+            for hit in self.collection.search(vector, column=column, k=k, where=where, min_score=min_score):
+                if hit.id not in best or hit.score > best[hit.id].score:
+                    best[hit.id] = hit
+        return sorted(best.values(), key=lambda h: -h.score)[:k]
+
+    def embed_text(self, text: str) -> np.ndarray:
+        """The vector of a text."""
+        vector: np.ndarray = self.encoder.embed_texts([text])[0]
+        return vector
+
+    def embed_image(self, path: str | Path) -> np.ndarray:
+        """The vector of an image file, decoded exactly as ingest decodes it."""
+        return embed_image_file(self.encoder, path, self.settings.max_pixels)
+
+    def stats(self) -> Stats:
+        """Counts and facts about the collection."""
+        return self.collection.stats()
+
+
+def embed_image_file(encoder: Encoder, path: str | Path, max_pixels: int) -> np.ndarray:
+    """Decode an image file as ingest does and embed it."""
+    path = os.path.abspath(os.path.expanduser(str(path)))
+    if not os.path.isfile(path):
+        raise InputNotFound(f"{path} does not exist; give the path of an image file")
+    result = decode_file(path, encoder.transform, max_pixels)
+    if isinstance(result, DecodeFailed) or result.pixels is None:
+        reason = result.reason if isinstance(result, DecodeFailed) else "no pixels"
+        raise BadQueryImage(f"{path}: {reason}")
+    vector: np.ndarray = encoder.embed_pixels(result.pixels[None])[0]
+    return vector
+
+
+def encoder_spec(settings: Settings, stored: Fingerprint | None = None) -> EncoderSpec:
+    """The model to load: the one named, else the collection's own, else the default."""
+    model = settings.model or (stored.model if stored else DEFAULT_MODEL)
+    if model.startswith("local-dir:"):
+        model = "local-dir:" + os.path.abspath(os.path.expanduser(model.removeprefix("local-dir:")))
+    pretrained = settings.pretrained
+    if not pretrained:
+        if stored and stored.model == model:
+            pretrained = stored.pretrained
+        elif model == DEFAULT_MODEL:
+            pretrained = DEFAULT_PRETRAINED
+    if pretrained and os.path.exists(os.path.expanduser(pretrained)):
+        pretrained = os.path.abspath(os.path.expanduser(pretrained))  # a checkpoint file
+    return EncoderSpec(
+        model=model,
+        pretrained=pretrained or "",
+        device=settings.device,
+        precision=settings.precision,
+        batch_size=settings.batch_size,
+    )
+
+
+def collection_info(db: str | None = None, settings: Settings | None = None) -> Stats:
+    """Stats of a collection, without loading a model."""
+    settings = (settings or load_settings()).override(db=db)
+    return Collection.open(settings.db_uri).stats()
+
+
+def _mismatch(uri: str, stored: Fingerprint, asked: Fingerprint) -> str:
+    if (stored.model, stored.pretrained) == (asked.model, asked.pretrained):
+        what = f"{asked.label} with other preprocessing ({asked.preprocess})"
+    else:
+        what = asked.label
+    flags = f"--model {stored.model}" + (f" --pretrained {stored.pretrained}" if stored.pretrained else "")
+    return (
+        f"--db {uri} holds vectors of {stored.label}, not {what}; "
+        f"use {flags} (or leave --model out), or a new --db for the other model"
+    )

@@ -1,0 +1,206 @@
+"""Walking folders: which files are images, which folders to skip, and loops that must not trap us."""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import stat
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pipeline.errors import InputNotFound
+
+IMAGE_EXTENSIONS = frozenset(
+    [
+        ".jpg",
+        ".jpeg",
+        ".jpe",
+        ".jfif",
+        ".png",
+        ".webp",
+        ".gif",
+        ".bmp",
+        ".dib",
+        ".tif",
+        ".tiff",
+        ".heic",
+        ".heif",
+        ".avif",
+        ".mpo",
+    ]
+)
+VIDEO_EXTENSIONS = frozenset(
+    [".mp4", ".mov", ".m4v", ".avi", ".mkv", ".webm", ".mts", ".m2ts", ".3gp", ".wmv", ".mpg", ".mpeg"]
+)
+SIDECAR_EXTENSIONS = (".txt",)
+# Folders that hold thumbnails or trash made by NAS boxes, operating systems and photo tools.
+SKIPPED_FOLDERS = frozenset(
+    {"@eaDir", "#recycle", "#snapshot", "@Recycle", "@Recently-Snapshot", "$RECYCLE.BIN",
+     "System Volume Information", "lost+found", "__MACOSX", "node_modules"}
+)  # fmt: skip
+HEADER_BYTES = 16
+
+
+@dataclass(frozen=True)
+class ScannedFile:
+    """An image file found on disk."""
+
+    path: str  # absolute, symlinks kept as found
+    size: int
+    mtime_ns: int
+    sidecar: str | None = None  # IMG_1.txt beside IMG_1.jpg
+
+
+@dataclass
+class ScanResult:
+    """Images found, plus files that looked like images but could not be read, and videos skipped."""
+
+    files: list[ScannedFile] = field(default_factory=list)
+    errors: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    videos: int = 0
+
+
+def sniff_image(header: bytes) -> bool:
+    """True when the first bytes are those of an image format clipdex decodes."""
+    return (
+        header.startswith((b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM"))
+        or header.startswith((b"II*\x00", b"MM\x00*"))
+        or (header[:4] == b"RIFF" and header[8:12] == b"WEBP")
+        or (header[4:8] == b"ftyp" and header[8:12] in (b"heic", b"heix", b"mif1", b"msf1", b"avif", b"heim"))
+    )
+
+
+class Scanner:
+    """Finds image files under roots, honouring include/exclude globs and skipping hidden folders."""
+
+    def __init__(
+        self, include: Sequence[str] = (), exclude: Sequence[str] = (), skip: Sequence[str] = ()
+    ) -> None:
+        self.include = tuple(include)
+        self.exclude = tuple(exclude)
+        self.skip = {os.path.abspath(p) for p in skip}
+
+    def scan(self, roots: Sequence[str | Path]) -> ScanResult:
+        """Every image under the roots (files given directly are taken as they are)."""
+        absolute = [os.path.abspath(os.path.expanduser(str(r))) for r in roots]
+        for root in absolute:
+            if not os.path.lexists(root):
+                raise InputNotFound(f"{root} does not exist; check the path to ingest")
+        result = ScanResult()
+        seen: set[str] = set()
+        for root in absolute:
+            if os.path.isdir(root):
+                self._walk(root, result, seen)
+            elif root not in seen:
+                seen.add(root)
+                self._consider(root, os.path.basename(root), set(), result, explicit=True)
+        return result
+
+    def _walk(self, root: str, result: ScanResult, seen: set[str]) -> None:
+        visited: set[tuple[int, int]] = set()
+        for folder, names in self._folders(root, visited, result):
+            listing = set(names)
+            for name in sorted(names):
+                path = os.path.join(folder, name)
+                if path in seen or name.startswith(".") or self._excluded(root, path, name):
+                    continue
+                seen.add(path)
+                self._consider(path, name, listing, result, included=self._included(root, path, name))
+
+    def _folders(
+        self, root: str, visited: set[tuple[int, int]], result: ScanResult
+    ) -> Iterator[tuple[str, list[str]]]:
+        """Depth-first folders with their file names; a folder reached twice (a loop) is walked once."""
+        stack = [root]
+        while stack:
+            folder = stack.pop()
+            try:
+                info = os.stat(folder)
+                if (info.st_dev, info.st_ino) in visited:
+                    continue
+                visited.add((info.st_dev, info.st_ino))
+                entries = sorted(os.scandir(folder), key=lambda e: e.name, reverse=True)
+            except OSError as exc:
+                result.errors.append(
+                    (folder, f"cannot list folder: {exc.strerror or exc}; check permissions")
+                )
+                continue
+            files = []
+            for entry in entries:
+                try:
+                    is_dir = entry.is_dir()  # follows symlinks; loops are caught by `visited`
+                except OSError:
+                    is_dir = False
+                if not is_dir:
+                    files.append(entry.name)
+                elif not self._skip_folder(root, entry.path, entry.name):
+                    stack.append(entry.path)
+            yield folder, files
+
+    def _skip_folder(self, root: str, path: str, name: str) -> bool:
+        return (
+            name.startswith(".")
+            or name in SKIPPED_FOLDERS
+            or os.path.abspath(path) in self.skip
+            or self._excluded(root, path, name)
+        )
+
+    def _excluded(self, root: str, path: str, name: str) -> bool:
+        rel = os.path.relpath(path, root)
+        return any(fnmatch.fnmatch(rel, p) or fnmatch.fnmatch(name, p) for p in self.exclude)
+
+    def _included(self, root: str, path: str, name: str) -> bool:
+        if not self.include:
+            return True
+        rel = os.path.relpath(path, root)
+        return any(fnmatch.fnmatch(rel, p) or fnmatch.fnmatch(name, p) for p in self.include)
+
+    def _consider(
+        self,
+        path: str,
+        name: str,
+        listing: set[str],
+        result: ScanResult,
+        *,
+        included: bool = True,
+        explicit: bool = False,
+    ) -> None:
+        """Add path to the result if it is an image (by extension, else by its first bytes)."""
+        if not included:
+            return
+        ext = os.path.splitext(name)[1].lower()
+        if ext in VIDEO_EXTENSIONS:
+            result.videos += 1
+            return
+        try:
+            info = os.stat(path)
+        except OSError as exc:
+            if ext in IMAGE_EXTENSIONS or explicit:
+                result.errors.append((path, f"cannot read: {exc.strerror or exc} (a broken link?)"))
+            return
+        if not stat.S_ISREG(info.st_mode):
+            return
+        if ext not in IMAGE_EXTENSIONS and not explicit and not _has_image_header(path):
+            return
+        result.files.append(ScannedFile(path, info.st_size, info.st_mtime_ns, _sidecar(path, name, listing)))
+
+
+def _has_image_header(path: str) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return sniff_image(f.read(HEADER_BYTES))
+    except OSError:
+        return False
+
+
+def _sidecar(path: str, name: str, listing: set[str]) -> str | None:
+    """IMG_1.txt or IMG_1.jpg.txt beside IMG_1.jpg, looked up in the folder listing we already have."""
+    stem = os.path.splitext(name)[0]
+    folder = os.path.dirname(path)
+    for candidate in (stem + ".txt", name + ".txt"):
+        if candidate in listing and candidate != name:
+            return os.path.join(folder, candidate)
+    if not listing and os.path.isfile(os.path.join(folder, stem + ".txt")):
+        return os.path.join(folder, stem + ".txt")  # a file given directly: look on disk
+    return None

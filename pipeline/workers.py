@@ -1,0 +1,86 @@
+"""A bounded pool of decode processes (spawn, no torch), or in-process decoding when workers=0."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from typing import Any, TypeVar
+
+from pipeline.decode import DecodeFailed
+
+T = TypeVar("T")
+IN_FLIGHT_PER_WORKER = 8  # enough queued work to keep a worker busy while results are consumed
+
+
+def default_workers() -> int:
+    """One decode process per core this process may use."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # macOS, Windows
+        return max(1, os.cpu_count() or 1)
+
+
+class DecodePool:
+    """Runs a function over paths in worker processes, results in completion order, memory bounded."""
+
+    def __init__(self, workers: int) -> None:
+        self.workers = workers
+        self._executor: ProcessPoolExecutor | None = None
+
+    def __enter__(self) -> DecodePool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop the worker processes."""
+        if self._executor is not None:
+            self._executor.shutdown(wait=True, cancel_futures=True)
+            self._executor = None
+
+    def map(self, fn: Callable[..., T], paths: Iterable[str], *args: Any) -> Iterator[T | DecodeFailed]:
+        """fn(path, *args) for each path; a crashed worker yields a DecodeFailed for its path."""
+        if self.workers == 0:
+            for path in paths:
+                yield fn(path, *args)
+            return
+        todo = iter(paths)
+        pending: dict[Future[T], str] = {}
+        suspects: list[str] = []
+
+        def submit_next() -> None:
+            path = next(todo, None)
+            if path is not None:
+                pending[self._pool().submit(fn, path, *args)] = path
+
+        for _ in range(self.workers * IN_FLIGHT_PER_WORKER):
+            submit_next()
+        while pending:
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                path = pending.pop(future)
+                try:
+                    yield future.result()
+                except BrokenProcessPool:
+                    # A decoder crashed or was killed: every task of that pool is lost, so each
+                    # is retried alone later, which tells the culprit from the bystanders.
+                    self.close()
+                    suspects.append(path)
+                submit_next()
+        for path in suspects:
+            try:
+                yield self._pool().submit(fn, path, *args).result()
+            except BrokenProcessPool:
+                self.close()
+                yield DecodeFailed(path, "the decoder process died on this file (out of memory or a crash)")
+
+    def _pool(self) -> ProcessPoolExecutor:
+        if self._executor is None:
+            self._executor = ProcessPoolExecutor(
+                self.workers, mp_context=multiprocessing.get_context("spawn")
+            )
+        return self._executor

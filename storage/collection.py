@@ -1,0 +1,309 @@
+"""A clipdex collection: LanceDB tables of images, failures and metadata, at a path or URI."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import lancedb
+import numpy as np
+import pyarrow as pa
+
+from storage.errors import BadFilter, CollectionNotFound, CollectionUnreadable, StorageError
+from storage.records import CaptionUpdate, Failure, FileState, Hit, ImageRecord, Moved, Stats
+from storage.schema import (
+    FAILURES,
+    FAILURES_SCHEMA,
+    HIT_COLUMNS,
+    IMAGES,
+    META,
+    META_SCHEMA,
+    SCHEMA_VERSION,
+    STATE_COLUMNS,
+    UPGRADES,
+    images_schema,
+)
+
+DELETE_CHUNK = 500  # ids per DELETE statement, to keep the SQL short
+CAPTION_FILTER = "caption_vector IS NOT NULL"
+
+
+class Collection:
+    """Images with their vectors, and the files that failed, in one LanceDB database."""
+
+    def __init__(self, db: lancedb.DBConnection, uri: str) -> None:
+        self._db = db
+        self.uri = uri
+        try:
+            meta = db.open_table(META).to_arrow().to_pylist()
+            self._images = db.open_table(IMAGES)
+            self._failures = db.open_table(FAILURES)
+        except Exception as exc:
+            raise CollectionUnreadable(
+                f"--db {uri}: not a clipdex collection ({_first_line(exc)}); "
+                "point --db at a collection or at a new, empty folder"
+            ) from exc
+        self._meta = {row["key"]: row["value"] for row in meta}
+        self.model = self._meta.get("model", "")
+        self.dimension = int(self._meta.get("dimension", "0"))
+        self.schema_version = int(self._meta.get("schema_version", "0"))
+        if self.schema_version > SCHEMA_VERSION:
+            raise CollectionUnreadable(
+                f"--db {uri}: made by a newer clipdex (schema {self.schema_version}, this one reads "
+                f"{SCHEMA_VERSION}); upgrade clipdex"
+            )
+        if self.schema_version < SCHEMA_VERSION:
+            self._upgrade()
+
+    @classmethod
+    def open(cls, uri: str, *, storage_options: dict[str, str] | None = None) -> Collection:
+        """Open an existing collection; CollectionNotFound when there is none."""
+        db = _connect(uri, storage_options)
+        if META not in _table_names(db):
+            if _table_names(db) or _is_nonempty_dir(uri):
+                raise CollectionUnreadable(
+                    f"--db {uri}: this location holds other data, not a clipdex collection; "
+                    "point --db at a collection or at a new, empty folder"
+                )
+            raise CollectionNotFound(f"--db {uri}: no collection here yet; run `clipdex ingest` first")
+        return cls(db, uri)
+
+    @classmethod
+    def create(
+        cls, uri: str, *, model: str, dimension: int, storage_options: dict[str, str] | None = None
+    ) -> Collection:
+        """Create an empty collection for vectors of one model (its fingerprint JSON) and dimension."""
+        db = _connect(uri, storage_options)
+        if _table_names(db) or _is_nonempty_dir(uri):
+            raise CollectionUnreadable(
+                f"--db {uri}: the location is not empty; use a new folder for a new collection"
+            )
+        db.create_table(IMAGES, schema=images_schema(dimension))
+        db.create_table(FAILURES, schema=FAILURES_SCHEMA)
+        # The meta table is written last: its presence marks a complete collection.
+        meta = {"model": model, "dimension": str(dimension), "schema_version": str(SCHEMA_VERSION)}
+        db.create_table(META, pa.Table.from_pylist(_meta_rows(meta), schema=META_SCHEMA))
+        return cls(db, uri)
+
+    # --- reading -------------------------------------------------------------------------
+
+    def count(self) -> int:
+        """Number of images."""
+        return int(self._images.count_rows())
+
+    def stats(self) -> Stats:
+        """Counts and facts about the collection."""
+        return Stats(
+            uri=self.uri,
+            images=self.count(),
+            failures=int(self._failures.count_rows()),
+            captioned=int(self._images.count_rows("caption IS NOT NULL")),
+            dimension=self.dimension,
+            model=self.model,
+            schema_version=self.schema_version,
+        )
+
+    def file_states(self) -> dict[str, FileState]:
+        """path -> what sync compares, for every image (vectors are not read)."""
+        table = self._images.search().select(STATE_COLUMNS).limit(None).to_arrow()
+        return {row["path"]: FileState(**row) for row in table.to_pylist()}
+
+    def failure_states(self) -> dict[str, Failure]:
+        """path -> the recorded failure, for every failed file."""
+        return {f.path: f for f in self.failures()}
+
+    def failures(self) -> list[Failure]:
+        """Every recorded failure, by path."""
+        rows = self._failures.search().limit(None).to_arrow().to_pylist()
+        return sorted((Failure(**row) for row in rows), key=lambda f: f.path)
+
+    def get(self, image_id: str) -> ImageRecord | None:
+        """The image with this id, with its vectors."""
+        return self._one(f"id = {_sql_str(image_id)}")
+
+    def get_by_path(self, path: str) -> ImageRecord | None:
+        """The image stored at this path, with its vectors."""
+        return self._one(f"path = {_sql_str(path)}")
+
+    def search(
+        self,
+        vector: np.ndarray,
+        *,
+        column: str = "vector",
+        k: int = 10,
+        where: str | None = None,
+        min_score: float | None = None,
+    ) -> list[Hit]:
+        """The k images closest to vector (cosine), best first, filtered by an SQL where clause."""
+        if column not in ("vector", "caption_vector"):
+            raise ValueError(f"column must be 'vector' or 'caption_vector', not {column!r}")
+        filters = [f"({where})"] if where else []
+        if column == "caption_vector":
+            filters.append(CAPTION_FILTER)
+        query = (
+            self._images.search(np.asarray(vector, np.float32), vector_column_name=column)
+            .distance_type("cosine")  # type: ignore[attr-defined]
+            .limit(k)
+            .select(HIT_COLUMNS)
+        )
+        if filters:
+            query = query.where(" AND ".join(filters), prefilter=True)
+        if min_score is not None:
+            query = query.distance_range(upper_bound=1.0 - min_score)
+        try:
+            rows = query.to_arrow().to_pylist()
+        except ValueError as exc:
+            raise BadFilter(f"--where {where!r}: {_first_line(exc)}") from exc
+        return [_hit(row) for row in rows]
+
+    def check_filter(self, where: str) -> None:
+        """Raise BadFilter if LanceDB cannot run this where clause."""
+        try:
+            self._images.search().where(where).select(["id"]).limit(1).to_arrow()
+        except ValueError as exc:
+            raise BadFilter(f"--where {where!r}: {_first_line(exc)}") from exc
+
+    # --- writing: each call is one commit ----------------------------------------------------
+
+    def upsert(self, records: Sequence[ImageRecord]) -> None:
+        """Insert new images and replace those whose id exists, in one commit."""
+        if not records:
+            return
+        now = datetime.now(UTC)
+        rows = [_record_row(r, now) for r in records]
+        table = pa.Table.from_pylist(rows, schema=images_schema(self.dimension))
+        self._merge(self._images, "id", table)
+
+    def move(self, moves: Sequence[Moved]) -> None:
+        """Point stored rows at new paths, sizes and mtimes, keeping their vectors."""
+        if moves:
+            table = pa.table(
+                {
+                    "id": [m.id for m in moves],
+                    "path": [m.path for m in moves],
+                    "size": pa.array([m.size for m in moves], pa.int64()),
+                    "mtime_ns": pa.array([m.mtime_ns for m in moves], pa.int64()),
+                }
+            )
+            self._merge(self._images, "id", table, insert=False)
+
+    def set_captions(self, updates: Sequence[CaptionUpdate]) -> None:
+        """Replace the captions (and caption vectors) of stored rows."""
+        if not updates:
+            return
+        vector_type = pa.list_(pa.float32(), self.dimension)
+        table = pa.table(
+            {
+                "id": [u.id for u in updates],
+                "caption": pa.array([u.caption for u in updates], pa.string()),
+                "caption_source": pa.array([u.caption_source for u in updates], pa.string()),
+                "caption_vector": pa.array([_vector(u.caption_vector) for u in updates], vector_type),
+            }
+        )
+        self._merge(self._images, "id", table, insert=False)
+
+    def delete(self, ids: Iterable[str]) -> int:
+        """Remove images by id; returns how many ids were given."""
+        ids = list(ids)
+        for start in range(0, len(ids), DELETE_CHUNK):
+            chunk = ids[start : start + DELETE_CHUNK]
+            self._images.delete(f"id IN ({', '.join(_sql_str(i) for i in chunk)})")
+        return len(ids)
+
+    def record_failures(self, failures: Sequence[Failure]) -> None:
+        """Add failures, replacing earlier ones for the same paths."""
+        if failures:
+            rows = [f.__dict__ for f in failures]
+            self._merge(self._failures, "path", pa.Table.from_pylist(rows, schema=FAILURES_SCHEMA))
+
+    def clear_failures(self, paths: Iterable[str]) -> None:
+        """Forget failures of these paths (they were ingested, or are gone)."""
+        paths = list(paths)
+        for start in range(0, len(paths), DELETE_CHUNK):
+            chunk = paths[start : start + DELETE_CHUNK]
+            self._failures.delete(f"path IN ({', '.join(_sql_str(p) for p in chunk)})")
+
+    # --- internals ---------------------------------------------------------------------------
+
+    def _one(self, where: str) -> ImageRecord | None:
+        rows = self._images.search().where(where).limit(1).to_arrow().to_pylist()
+        return _record(rows[0]) if rows else None
+
+    def _merge(self, table: Any, key: str, data: pa.Table, *, insert: bool = True) -> None:
+        builder = table.merge_insert(key).when_matched_update_all()
+        if insert:
+            builder = builder.when_not_matched_insert_all()
+        try:
+            builder.execute(data, on_bad_vectors="null")  # a null caption_vector means no caption
+        except OSError as exc:
+            raise StorageError(f"--db {self.uri}: cannot write ({_first_line(exc)})") from exc
+
+    def _upgrade(self) -> None:
+        for version in range(self.schema_version, SCHEMA_VERSION):
+            UPGRADES[version](self._db)
+        meta = self._db.open_table(META)
+        meta.update(where="key = 'schema_version'", values={"value": str(SCHEMA_VERSION)})
+        self.schema_version = SCHEMA_VERSION
+
+
+def _connect(uri: str, storage_options: dict[str, str] | None) -> lancedb.DBConnection:
+    try:
+        return lancedb.connect(uri, storage_options=storage_options)
+    except Exception as exc:
+        raise CollectionUnreadable(f"--db {uri}: cannot open ({_first_line(exc)})") from exc
+
+
+def _table_names(db: lancedb.DBConnection) -> list[str]:
+    return list(db.list_tables().tables)
+
+
+def _is_nonempty_dir(uri: str) -> bool:
+    return "://" not in uri and os.path.isdir(uri) and any(os.scandir(uri))
+
+
+def _meta_rows(meta: dict[str, str]) -> list[dict[str, str]]:
+    return [{"key": k, "value": v} for k, v in meta.items()]
+
+
+def _sql_str(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def _vector(v: np.ndarray | None) -> list[float] | None:
+    return None if v is None else np.asarray(v, np.float32).tolist()
+
+
+def _record_row(r: ImageRecord, now: datetime) -> dict[str, Any]:
+    row = dict(r.__dict__)
+    row["vector"] = _vector(r.vector)
+    row["caption_vector"] = _vector(r.caption_vector)
+    row["ingested_at"] = r.ingested_at or now
+    return row
+
+
+def _record(row: dict[str, Any]) -> ImageRecord:
+    row = {k: v for k, v in row.items() if not k.startswith("_")}
+    row["vector"] = np.asarray(row["vector"], np.float32)
+    if row["caption_vector"] is not None:
+        row["caption_vector"] = np.asarray(row["caption_vector"], np.float32)
+    return ImageRecord(**row)
+
+
+def _hit(row: dict[str, Any]) -> Hit:
+    return Hit(
+        id=row["id"],
+        path=row["path"],
+        score=round(1.0 - float(row["_distance"]), 6),
+        caption=row["caption"],
+        width=row["width"],
+        height=row["height"],
+        format=row["format"],
+        taken_at=row["taken_at"],
+    )
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

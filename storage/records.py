@@ -1,0 +1,99 @@
+"""The rows a collection holds and returns: small frozen dataclasses, no LanceDB types."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    """One image row, as written by ingest."""
+
+    id: str
+    path: str
+    size: int
+    mtime_ns: int
+    hash: str
+    width: int
+    height: int
+    format: str
+    vector: np.ndarray = field(repr=False)
+    taken_at: datetime | None = None
+    caption: str | None = None
+    caption_source: str | None = None  # sidecar, manifest or embedded
+    caption_vector: np.ndarray | None = field(default=None, repr=False)
+    ingested_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class FileState:
+    """What incremental sync compares: where a stored file was and what it looked like."""
+
+    id: str
+    path: str
+    size: int
+    mtime_ns: int
+    hash: str
+    caption: str | None
+    caption_source: str | None
+
+
+@dataclass(frozen=True)
+class Moved:
+    """A stored row whose file now lives elsewhere (or whose mtime changed but not its content)."""
+
+    id: str
+    path: str
+    size: int
+    mtime_ns: int
+
+
+@dataclass(frozen=True)
+class CaptionUpdate:
+    """A new caption (or none) for a stored row, with its text vector."""
+
+    id: str
+    caption: str | None
+    caption_source: str | None
+    caption_vector: np.ndarray | None = field(repr=False)
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One search result; score is cosine similarity, higher is closer."""
+
+    id: str
+    path: str
+    score: float
+    caption: str | None
+    width: int
+    height: int
+    format: str
+    taken_at: datetime | None
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A file that could not be ingested, and why."""
+
+    path: str
+    reason: str
+    size: int
+    mtime_ns: int
+    failed_at: datetime
+
+
+@dataclass(frozen=True)
+class Stats:
+    """Counts and facts about a collection."""
+
+    uri: str
+    images: int
+    failures: int
+    captioned: int
+    dimension: int
+    model: str  # the fingerprint JSON the collection was created with
+    schema_version: int

@@ -1,0 +1,58 @@
+"""Table layouts and their versions; upgrades are numbered functions applied in order."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pyarrow as pa
+
+SCHEMA_VERSION = 1
+IMAGES = "images"
+FAILURES = "failures"
+META = "meta"
+
+# version N -> function upgrading a collection's tables from N to N + 1
+UPGRADES: dict[int, Callable[[Any], None]] = {}
+
+
+def images_schema(dimension: int) -> pa.Schema:
+    """The images table for vectors of this dimension."""
+    vector = pa.list_(pa.float32(), dimension)
+    return pa.schema(
+        [
+            pa.field("id", pa.string(), nullable=False),
+            pa.field("path", pa.string(), nullable=False),
+            pa.field("size", pa.int64(), nullable=False),
+            pa.field("mtime_ns", pa.int64(), nullable=False),
+            pa.field("hash", pa.string(), nullable=False),
+            pa.field("width", pa.int32(), nullable=False),
+            pa.field("height", pa.int32(), nullable=False),
+            pa.field("format", pa.string(), nullable=False),
+            pa.field("taken_at", pa.timestamp("us")),
+            pa.field("caption", pa.string()),
+            pa.field("caption_source", pa.string()),
+            pa.field("vector", vector, nullable=False),
+            pa.field("caption_vector", vector),
+            pa.field("ingested_at", pa.timestamp("us", tz="UTC"), nullable=False),
+        ]
+    )
+
+
+FAILURES_SCHEMA = pa.schema(
+    [
+        pa.field("path", pa.string(), nullable=False),
+        pa.field("reason", pa.string(), nullable=False),
+        pa.field("size", pa.int64(), nullable=False),
+        pa.field("mtime_ns", pa.int64(), nullable=False),
+        pa.field("failed_at", pa.timestamp("us", tz="UTC"), nullable=False),
+    ]
+)
+
+META_SCHEMA = pa.schema(
+    [pa.field("key", pa.string(), nullable=False), pa.field("value", pa.string(), nullable=False)]
+)
+
+# Columns a search returns (never the vectors: they are large and the caller has the query).
+HIT_COLUMNS = ["id", "path", "caption", "width", "height", "format", "taken_at", "_distance"]
+STATE_COLUMNS = ["id", "path", "size", "mtime_ns", "hash", "caption", "caption_source"]

@@ -1,0 +1,50 @@
+"""Build OpenCLIP models with random weights in a folder that loads through local-dir:."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import open_clip
+import torch
+from safetensors.torch import save_file
+
+TINY_CONFIG: dict[str, Any] = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "head_width": 32, "patch_size": 8},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
+}
+TINY_PREPROCESS: dict[str, Any] = {
+    "size": 32,
+    "mean": [0.48145466, 0.4578275, 0.40821073],
+    "std": [0.26862954, 0.26130258, 0.27577711],
+    "interpolation": "bicubic",
+    "resize_mode": "shortest",
+}
+
+
+def save_model_dir(
+    folder: Path, model_cfg: dict[str, Any], preprocess_cfg: dict[str, Any], seed: int = 0
+) -> Path:
+    """Write open_clip_config.json and random weights (seeded) to folder; return folder."""
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    model = open_clip.model.CLIP(**model_cfg)
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(folder / "open_clip_model.safetensors"))
+    config = {"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg}
+    (folder / "open_clip_config.json").write_text(json.dumps(config, indent=2))
+    return folder
+
+
+def tiny_model_dir(folder: Path, seed: int = 0) -> Path:
+    """A 32-d CLIP with a 32-pixel input: loads in a fraction of a second."""
+    return save_model_dir(folder, TINY_CONFIG, TINY_PREPROCESS, seed)
+
+
+def vit_b_32_dir(folder: Path, seed: int = 0) -> Path:
+    """The real ViT-B-32 architecture with random weights, for speed measurements."""
+    model_cfg = open_clip.get_model_config("ViT-B-32")
+    assert model_cfg is not None
+    return save_model_dir(folder, model_cfg, {**TINY_PREPROCESS, "size": 224}, seed)

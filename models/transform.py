@@ -97,4 +97,4 @@ def _center_crop_or_pad(pixels: np.ndarray, th: int, tw: int, fill: int) -> np.n
         padded[top : top + h, left : left + w] = pixels
         pixels, h, w = padded, padded.shape[0], padded.shape[1]
     top, left = round((h - th) / 2.0), round((w - tw) / 2.0)
-    return np.ascontiguousarray(pixels[top : top + th, left : left + tw])
+    return np.array(pixels[top : top + th, left : left + tw])  # a writable copy

@@ -60,6 +60,9 @@ class Collection:
     @classmethod
     def open(cls, uri: str, *, storage_options: dict[str, str] | None = None) -> Collection:
         """Open an existing collection; CollectionNotFound when there is none."""
+        if "://" not in uri and not os.path.isdir(uri):
+            # lancedb.connect would create the folder: a read must leave no trace.
+            raise CollectionNotFound(f"--db {uri}: no collection here yet; run `clipdex ingest` first")
         db = _connect(uri, storage_options)
         if META not in _table_names(db):
             if _table_names(db) or _is_nonempty_dir(uri):
@@ -260,7 +263,10 @@ def _table_names(db: lancedb.DBConnection) -> list[str]:
 
 
 def _is_nonempty_dir(uri: str) -> bool:
-    return "://" not in uri and os.path.isdir(uri) and any(os.scandir(uri))
+    if "://" in uri or not os.path.isdir(uri):
+        return False
+    with os.scandir(uri) as entries:
+        return next(entries, None) is not None
 
 
 def _meta_rows(meta: dict[str, str]) -> list[dict[str, str]]:

@@ -1,0 +1,72 @@
+"""Shared fixtures: a tiny real OpenCLIP model on disk, image folders, a clean environment."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+
+from pipeline.cli import cli
+from tests import corpus
+from tests.tiny_model import tiny_model_dir
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A tiny OpenCLIP model with random weights, as a local-dir: id."""
+    return "local-dir:" + str(tiny_model_dir(tmp_path_factory.mktemp("tiny-model")))
+
+
+@pytest.fixture(scope="session")
+def other_model(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A second tiny model (other weights, other folder): its vectors must never mix with the first."""
+    return "local-dir:" + str(tiny_model_dir(tmp_path_factory.mktemp("other-model"), seed=1))
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
+    """No CLIPDEX_* variables or user config from the machine; decode in-process unless a test says so."""
+    for name in list(os.environ):
+        if name.startswith("CLIPDEX_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg-config"))
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg-data"))
+    monkeypatch.setenv("CLIPDEX_WORKERS", "0")
+    monkeypatch.setattr("pipeline.config.USER_CONFIG", tmp_path / "xdg-config" / "clipdex" / "config.toml")
+    yield
+
+
+@pytest.fixture
+def photos(tmp_path: Path) -> Path:
+    """A folder of valid images of every supported kind, broken files and non-images."""
+    root = tmp_path / "photos"
+    corpus.good_images(root / "good")
+    corpus.bad_files(root / "bad")
+    corpus.non_images(root / "other")
+    return root
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> str:
+    """Where the test's collection lives."""
+    return str(tmp_path / "db")
+
+
+def run(*args: str, ok: bool = True) -> Result:
+    """Run the CLI in-process; assert the exit code (0 when ok, else non-zero)."""
+    result = CliRunner().invoke(cli, list(args), catch_exceptions=False)
+    if ok:
+        assert result.exit_code == 0, result.output + result.stderr
+    else:
+        assert result.exit_code != 0, result.output
+        assert "Traceback" not in result.output + result.stderr
+    return result
+
+
+def without_timing(text: str) -> str:
+    """Replace the run time in an ingest summary, the one part that varies."""
+    return re.sub(r"\(\d+\.\d s\)", "(T s)", text)

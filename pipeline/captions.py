@@ -6,25 +6,22 @@ import csv
 import html
 import json
 import os
-import re
 from pathlib import Path
 
 from pipeline.errors import InputNotFound, ManifestError
 
 MAX_CAPTION_CHARS = 1000
-_XMP_DESCRIPTION = re.compile(
-    rb"<dc:description[^>]*>.*?<rdf:li[^>]*>(.*?)</rdf:li>", re.DOTALL | re.IGNORECASE
-)
 
 
 def clean_caption(text: str | None) -> str | None:
     """The first non-empty line, trimmed to MAX_CAPTION_CHARS; None when there is none."""
     if not text:
         return None
+    text = text.replace("\ufeff", "")
     for raw in text.replace("\x00", "").splitlines():
         line = " ".join(raw.split())
         if line:
-            return line[:MAX_CAPTION_CHARS]
+            return line[:MAX_CAPTION_CHARS].rstrip()
     return None
 
 
@@ -32,7 +29,7 @@ def read_sidecar(path: str) -> str | None:
     """The caption in a sidecar text file; None when it is empty or unreadable."""
     try:
         with open(path, "rb") as f:
-            return clean_caption(f.read(64 * 1024).decode("utf-8", errors="replace"))
+            return clean_caption(f.read(64 * 1024).decode("utf-8-sig", errors="replace"))
     except OSError:
         return None
 
@@ -42,10 +39,14 @@ def xmp_description(xmp: bytes | str | None) -> str | None:
     if not xmp:
         return None
     data = xmp.encode("utf-8", errors="replace") if isinstance(xmp, str) else xmp
-    match = _XMP_DESCRIPTION.search(data)
-    if not match:
+    # Plain finds, each scanning forward once: linear time however hostile the packet.
+    start = data.find(b"<dc:description")
+    item = data.find(b"<rdf:li", start) if start >= 0 else -1
+    opened = data.find(b">", item) if item >= 0 else -1
+    end = data.find(b"</rdf:li>", opened) if opened >= 0 else -1
+    if end < 0:
         return None
-    return clean_caption(html.unescape(match.group(1).decode("utf-8", errors="replace")))
+    return clean_caption(html.unescape(data[opened + 1 : end].decode("utf-8", errors="replace")))
 
 
 def read_manifest(path: str | Path) -> dict[str, str]:
@@ -62,7 +63,12 @@ def read_manifest(path: str | Path) -> dict[str, str]:
     except (OSError, UnicodeDecodeError) as exc:
         raise ManifestError(f"--captions {path}: cannot read it ({exc}); save it as UTF-8") from exc
     is_jsonl = path.suffix.lower() in (".jsonl", ".ndjson", ".json") or text.lstrip().startswith("{")
-    pairs = _parse_jsonl(path, text) if is_jsonl else _parse_csv(path, text)
+    try:
+        pairs = _parse_jsonl(path, text) if is_jsonl else _parse_csv(path, text)
+    except (csv.Error, ValueError, RecursionError) as exc:  # over-long fields, absurd numbers, deep nesting
+        raise ManifestError(
+            f"--captions {path}: cannot parse it ({exc}); expected path,caption rows"
+        ) from exc
     captions: dict[str, str] = {}
     for image, caption in pairs:
         cleaned = clean_caption(caption)
@@ -73,7 +79,8 @@ def read_manifest(path: str | Path) -> dict[str, str]:
 
 def _parse_jsonl(path: Path, text: str) -> list[tuple[str, str]]:
     pairs = []
-    for number, line in enumerate(text.splitlines(), 1):
+    # Only \n ends a JSON Lines record: U+2028 and friends may appear inside strings.
+    for number, line in enumerate(text.split("\n"), 1):
         if not line.strip():
             continue
         try:

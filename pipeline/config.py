@@ -104,6 +104,8 @@ def _coerce(values: dict[str, Any], source: str) -> dict[str, Any]:
 
 def _convert(name: str, raw: Any) -> Any:
     if name in ("batch_size", "workers", "max_pixels", "k"):
+        if isinstance(raw, bool) or (isinstance(raw, float) and not raw.is_integer()):
+            raise ValueError("must be a whole number")
         value = int(raw)
         if value < (0 if name == "workers" else 1):
             raise ValueError("must be a positive whole number")
@@ -111,9 +113,8 @@ def _convert(name: str, raw: Any) -> Any:
     if name == "min_score":
         return None if raw in ("", None) else float(raw)
     if name in ("include", "exclude"):
-        if isinstance(raw, str):
-            return tuple(p for p in raw.split(",") if p)
-        return tuple(str(p) for p in raw)
+        parts = raw.split(",") if isinstance(raw, str) else raw
+        return tuple(str(p).strip() for p in parts if str(p).strip())
     if name in ("model", "pretrained"):
         return str(raw) or None
     return str(raw)

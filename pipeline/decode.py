@@ -111,7 +111,7 @@ def _decode(path: str, data: bytes, transform: ImageTransform, max_pixels: int) 
     if width * height > max_pixels:
         return DecodeFailed(
             path,
-            f"{width}x{height} is {width * height / 1e6:.0f} MP, over the {max_pixels / 1e6:.0f} MP cap "
+            f"{width}x{height} is {width * height / 1e6:.1f} MP, over the {max_pixels / 1e6:g} MP cap "
             "(a decompression bomb?); raise it with --max-pixels",
         )
     exif = image.getexif()
@@ -154,7 +154,8 @@ def to_rgb(image: Image.Image) -> Image.Image:
         return Image.alpha_composite(white, rgba).convert("RGB")
     if mode.startswith("I") or mode == "F":
         array = np.asarray(image).astype(np.float64)
-        top = 65535.0 if array.max(initial=0) > 255 else 255.0
+        # I;16 is 16-bit by definition; for I and F, guess from the values.
+        top = 65535.0 if mode.startswith("I;16") or array.max(initial=0) > 255 else 255.0
         gray = np.clip(array * (255.0 / top), 0, 255).astype(np.uint8)
         return Image.fromarray(gray, "L").convert("RGB")
     if mode == "CMYK" and image.info.get("icc_profile"):

@@ -74,6 +74,7 @@ def report_json(report: IngestReport, db: str) -> str:
 
 def failure_lines(failures: Sequence[Failure], limit: int | None = None) -> list[str]:
     """'failed: PATH: REASON' lines, cut at limit with a pointer to `clipdex failures`."""
+    failures = sorted(failures, key=lambda f: f.path)
     shown = failures if limit is None else failures[:limit]
     lines = [f"failed: {f.path}: {f.reason}" for f in shown]
     if limit is not None and len(failures) > limit:

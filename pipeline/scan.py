@@ -199,8 +199,9 @@ def _sidecar(path: str, name: str, listing: set[str]) -> str | None:
     stem = os.path.splitext(name)[0]
     folder = os.path.dirname(path)
     for candidate in (stem + ".txt", name + ".txt"):
-        if candidate in listing and candidate != name:
+        if candidate == name:
+            continue
+        # A file given directly has no listing: look on disk instead.
+        if candidate in listing if listing else os.path.isfile(os.path.join(folder, candidate)):
             return os.path.join(folder, candidate)
-    if not listing and os.path.isfile(os.path.join(folder, stem + ".txt")):
-        return os.path.join(folder, stem + ".txt")  # a file given directly: look on disk
     return None

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -28,7 +27,7 @@ def other_model(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 @pytest.fixture(autouse=True)
-def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """No CLIPDEX_* variables or user config from the machine; decode in-process unless a test says so."""
     for name in list(os.environ):
         if name.startswith("CLIPDEX_"):
@@ -37,7 +36,6 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg-data"))
     monkeypatch.setenv("CLIPDEX_WORKERS", "0")
     monkeypatch.setattr("pipeline.config.USER_CONFIG", tmp_path / "xdg-config" / "clipdex" / "config.toml")
-    yield
 
 
 @pytest.fixture

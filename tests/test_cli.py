@@ -28,7 +28,9 @@ def snapshot(folder: str) -> dict[str, int]:
 
 
 def test_ingest_prints_a_summary_and_the_failures(photos: Path, db: str, tiny_model: str) -> None:
-    result = run("ingest", str(photos / "good"), str(photos / "bad" / "empty.jpg"), "--db", db, "--model", tiny_model)
+    result = run(
+        "ingest", str(photos / "good"), str(photos / "bad" / "empty.jpg"), "--db", db, "--model", tiny_model
+    )
     assert without_timing(result.stdout) == (
         f"17 added, 0 updated, 0 moved, 0 removed, 0 unchanged, 1 failed (T s) in {db}\n"
         f"failed: {photos}/bad/empty.jpg: empty file (0 bytes)\n"
@@ -84,7 +86,8 @@ def test_search_json_table_and_paths_agree(photos: Path, db: str, tiny_model: st
     assert paths == "".join(h["path"] + "\n" for h in hits)
     table = run("search", "a sunset over the sea", "-k", "5", "--db", db).stdout
     expected = [
-        Hit(h["id"], h["path"], h["score"], h["caption"], h["width"], h["height"], h["format"], None) for h in hits
+        Hit(h["id"], h["path"], h["score"], h["caption"], h["width"], h["height"], h["format"], None)
+        for h in hits
     ]
     assert table == hits_table(expected) + "\n"
     assert table.splitlines()[0].split() == ["score", "size", "id", "path", "caption"]
@@ -93,7 +96,10 @@ def test_search_json_table_and_paths_agree(photos: Path, db: str, tiny_model: st
 def test_similar_by_file_and_by_id(photos: Path, db: str, tiny_model: str, tmp_path: Path) -> None:
     run("ingest", str(photos / "good"), "--db", db, "--model", tiny_model)
     outside = corpus.pattern_image(tmp_path / "elsewhere" / "query.png", seed=99)
-    hits = [json.loads(x) for x in run("similar", str(outside), "-k", "3", "--db", db, "--json").stdout.splitlines()]
+    hits = [
+        json.loads(x)
+        for x in run("similar", str(outside), "-k", "3", "--db", db, "--json").stdout.splitlines()
+    ]
     assert len(hits) == 3
     first = hits[0]["id"]
     by_id = run("similar", "--id", first, "-k", "3", "--db", db, "--json").stdout.splitlines()
@@ -112,7 +118,9 @@ def test_no_match_is_said_on_stderr(photos: Path, db: str, tiny_model: str) -> N
 
 def test_embed_prints_a_unit_vector(photos: Path, tiny_model: str, db: str) -> None:
     text = json.loads(run("embed", "--text", "a dog", "--model", tiny_model, "--json").stdout)
-    image = json.loads(run("embed", "--image", str(photos / "good" / "photo.jpg"), "--model", tiny_model).stdout)
+    image = json.loads(
+        run("embed", "--image", str(photos / "good" / "photo.jpg"), "--model", tiny_model).stdout
+    )
     for data in (text, image):
         assert len(data["vector"]) == 32
         assert sum(x * x for x in data["vector"]) == pytest.approx(1.0, abs=1e-4)
@@ -135,12 +143,18 @@ def test_environment_sets_db_and_model(
     [
         (["search", "dog", "--where", "widht > 3"], r"^Error: --where 'widht > 3': .*No field named widht"),
         (["search", "dog", "--where", "width >>> 3"], r"^Error: --where 'width >>> 3': .*"),
-        (["similar", "/no/such.jpg"], r"^Error: /no/such.jpg does not exist; give the path of an image file$"),
+        (
+            ["similar", "/no/such.jpg"],
+            r"^Error: /no/such.jpg does not exist; give the path of an image file$",
+        ),
         (["similar", "{bad}"], r"^Error: .*/notes.jpg: not an image clipdex can read \(JPEG, PNG, WebP"),
         (["similar", "--id", "0000"], r"^Error: --id 0000: no image with this id"),
         (["similar"], r"give an IMAGE file or --id ID"),
         (["search", "   "], r"^Error: the search text is empty"),
-        (["ingest", "{good}", "--model", "{other}"], r"^Error: --db .* holds vectors of local-dir:.*tiny-model"),
+        (
+            ["ingest", "{good}", "--model", "{other}"],
+            r"^Error: --db .* holds vectors of local-dir:.*tiny-model",
+        ),
         (["ingest", "{good}", "--captions", "{manifest}"], r"^Error: --captions .*line 1: not JSON"),
     ],
 )
@@ -180,7 +194,9 @@ def test_foreign_folder_is_refused_and_untouched(tmp_path: Path, photos: Path, t
 
 def test_missing_collection_says_to_ingest_first(tmp_path: Path) -> None:
     result = run("search", "dog", "--db", str(tmp_path / "none"), ok=False)
-    assert result.stderr == f"Error: --db {tmp_path}/none: no collection here yet; run `clipdex ingest` first\n"
+    assert (
+        result.stderr == f"Error: --db {tmp_path}/none: no collection here yet; run `clipdex ingest` first\n"
+    )
     assert not (tmp_path / "none").exists()
 
 
@@ -202,7 +218,9 @@ def test_failures_command_lists_reasons(photos: Path, db: str, tiny_model: str) 
     assert len(lines) == 6
     assert f"failed: {photos}/bad/empty.jpg: empty file (0 bytes)" in lines
     rows = [json.loads(x) for x in run("failures", "--db", db, "--json").stdout.splitlines()]
-    assert {Path(r["path"]).name for r in rows} == {Path(line.removeprefix("failed: ").split(": ")[0]).name for line in lines}
+    assert {Path(r["path"]).name for r in rows} == {
+        Path(line.removeprefix("failed: ").split(": ")[0]).name for line in lines
+    }
 
 
 def test_every_command_has_help() -> None:

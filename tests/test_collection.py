@@ -90,7 +90,9 @@ def test_move_captions_delete_and_failures(coll: Collection) -> None:
     moved = coll.get("id3")
     assert moved is not None and (moved.path, moved.size, moved.mtime_ns) == ("/elsewhere/3.jpg", 5, 6)
     assert np.allclose(moved.vector, unit(0, 1, 0, 0))
-    coll.set_captions([CaptionUpdate("id3", "a cat", "manifest", unit(1, 1, 1, 1)), CaptionUpdate("id1", None, None, None)])
+    coll.set_captions(
+        [CaptionUpdate("id3", "a cat", "manifest", unit(1, 1, 1, 1)), CaptionUpdate("id1", None, None, None)]
+    )
     assert coll.stats().captioned == 1
     assert coll.get_by_path("/elsewhere/3.jpg").caption == "a cat"  # type: ignore[union-attr]
     assert coll.delete(["id1", "id2"]) == 2

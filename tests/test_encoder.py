@@ -6,9 +6,9 @@ from pathlib import Path
 
 import numpy as np
 import open_clip
-from open_clip.transform import PreprocessCfg, image_transform_v2
 import pytest
 import torch
+from open_clip.transform import PreprocessCfg, image_transform_v2
 from PIL import Image
 
 import models
@@ -57,7 +57,9 @@ def test_fingerprint_names_model_dimension_and_preprocessing(
     assert models.Fingerprint.from_json(fp.to_json()) == fp
 
 
-def test_image_vectors_match_open_clip(encoder: models.OpenClipEncoder, tiny_model: str, tmp_path: Path) -> None:
+def test_image_vectors_match_open_clip(
+    encoder: models.OpenClipEncoder, tiny_model: str, tmp_path: Path
+) -> None:
     """Pixels prepared by decode workers (Pillow + numpy) give open_clip's own vectors."""
     model, preprocess, _ = _reference(tiny_model)
     for name, path in corpus.good_images(tmp_path).items():
@@ -114,7 +116,9 @@ def test_bf16_stays_close_to_fp32(tiny_model: str, tmp_path: Path) -> None:
 
 
 def test_local_dir_without_config_names_the_folder(tmp_path: Path) -> None:
-    with pytest.raises(ModelNotFound, match=r"^--model local-dir:.*no open_clip_config.json in .*local-dir:/path"):
+    with pytest.raises(
+        ModelNotFound, match=r"^--model local-dir:.*no open_clip_config.json in .*local-dir:/path"
+    ):
         models.load_encoder(EncoderSpec(model=f"local-dir:{tmp_path}"))
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.errors import InputNotFound
-from pipeline.scan import SKIPPED_FOLDERS, ScanResult, Scanner, sniff_image
+from pipeline.scan import SKIPPED_FOLDERS, Scanner, ScanResult, sniff_image
 from tests import corpus
 
 
@@ -152,7 +152,15 @@ def test_skip_accepts_a_relative_path(tmp_path: Path, monkeypatch: pytest.Monkey
 
 @pytest.fixture
 def album(tmp_path: Path) -> Path:
-    for rel in ("a.jpg", "b.png", "2023/c.jpg", "2024/d.jpg", "2024/e.png", "2024/drafts/f.jpg", "drafts/g.png"):
+    for rel in (
+        "a.jpg",
+        "b.png",
+        "2023/c.jpg",
+        "2024/d.jpg",
+        "2024/e.png",
+        "2024/drafts/f.jpg",
+        "drafts/g.png",
+    ):
         _jpeg(tmp_path / "album" / rel)
     return tmp_path / "album"
 
@@ -167,7 +175,9 @@ def album(tmp_path: Path) -> Path:
         (["*.gif"], []),
     ],
 )
-def test_include_matches_names_and_relative_paths(album: Path, include: list[str], expected: list[str]) -> None:
+def test_include_matches_names_and_relative_paths(
+    album: Path, include: list[str], expected: list[str]
+) -> None:
     assert _rel(Scanner(include=include).scan([album]), album) == expected
 
 
@@ -184,7 +194,9 @@ def test_include_matches_names_and_relative_paths(album: Path, include: list[str
         (["202?"], ["a.jpg", "b.png", "drafts/g.png"]),
     ],
 )
-def test_exclude_matches_names_and_relative_paths(album: Path, exclude: list[str], expected: list[str]) -> None:
+def test_exclude_matches_names_and_relative_paths(
+    album: Path, exclude: list[str], expected: list[str]
+) -> None:
     assert _rel(Scanner(exclude=exclude).scan([album]), album) == expected
 
 
@@ -423,11 +435,6 @@ def test_sidecar_of_file_given_directly(tmp_path: Path) -> None:
     assert [f.sidecar for f in result.files] == [str(tmp_path / "IMG_1.txt")]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="scan._sidecar: for a file given directly (empty listing) only IMG_1.txt is looked up on disk, "
-    "never IMG_1.jpg.txt, although a folder walk finds both forms",
-)
 def test_long_form_sidecar_of_file_given_directly(tmp_path: Path) -> None:
     photo = _jpeg(tmp_path / "IMG_2.jpg")
     (tmp_path / "IMG_2.jpg.txt").write_text("a cat", encoding="utf-8")

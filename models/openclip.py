@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import socket
 from collections.abc import Callable, Iterator, Sequence
@@ -125,7 +126,7 @@ def load_encoder(spec: EncoderSpec) -> OpenClipEncoder:
     _check_exists(spec)
     device = resolve_device(spec.device)
     precision = resolve_precision(spec.precision, device)
-    with _hub_access(spec):
+    with _hub_access(spec), _quiet_root_logger():
         try:
             model = open_clip.create_model(spec.model, pretrained=spec.pretrained or None, device="cpu")
             tokenizer = open_clip.get_tokenizer(spec.model)
@@ -203,6 +204,17 @@ def _hub_access(spec: EncoderSpec) -> Iterator[None]:
         yield
     finally:
         hf_constants.HF_HUB_OFFLINE = saved
+
+
+@contextlib.contextmanager
+def _quiet_root_logger() -> Iterator[None]:
+    """open_clip logs its failures on the root logger; our exception says it better, once."""
+    previous = logging.root.manager.disable
+    logging.disable(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logging.disable(previous)
 
 
 def _explain(spec: EncoderSpec, exc: Exception) -> ModelError:

@@ -229,3 +229,17 @@ def test_every_command_has_help() -> None:
         result = CliRunner().invoke(cli, [name, "--help"])
         assert result.exit_code == 0
         assert "Usage: " in result.output
+
+
+def test_offline_default_model_is_one_line_and_creates_nothing(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, photos: Path
+) -> None:
+    monkeypatch.setattr("models.openclip._hub_reachable", lambda: False)
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    result = run("ingest", str(photos), "--db", str(tmp_path / "db"), ok=False)
+    assert result.stderr.startswith("Error: cannot get the weights of ViT-B-32 (laion2b_s34b_b79k): ")
+    assert result.stderr.endswith(
+        "--model local-dir:/path/to/folder (open_clip_config.json + open_clip_model.safetensors)\n"
+    )
+    assert result.stderr.count("\n") == 1
+    assert not (tmp_path / "db").exists()

@@ -7,12 +7,17 @@ image-decoding worker processes, which need only ``ImageTransform``, never impor
 from __future__ import annotations
 
 import importlib
+import os
 from typing import TYPE_CHECKING, Any
 
 from models.encoder import Encoder, Fingerprint
 from models.errors import DeviceUnavailable, ModelError, ModelNotFound, ModelUnavailable
 from models.spec import DEFAULT_MODEL, DEFAULT_PRETRAINED, DEVICES, PRECISIONS, EncoderSpec
 from models.transform import ImageTransform
+
+# Idle OpenMP threads of the model must sleep, not spin, while decode workers share the cores.
+# It has to be set before torch starts its thread pool, that is before models.openclip loads.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 if TYPE_CHECKING:
     from models.openclip import OpenClipEncoder, available_models, load_encoder

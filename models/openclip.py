@@ -101,12 +101,23 @@ class OpenClipEncoder:
 
     def _batched(self, items: Any, encode: Callable[[Any], torch.Tensor]) -> np.ndarray:
         out = np.zeros((len(items), self._dimension), np.float32)
+        start = 0
         with torch.inference_mode():
-            for start in range(0, len(items), self._batch_size):
+            while start < len(items):
                 chunk = items[start : start + self._batch_size]
-                features = encode(chunk).float()
+                try:
+                    features = encode(chunk).float()
+                except torch.OutOfMemoryError:
+                    if self._batch_size == 1:
+                        raise
+                    # The GPU is shared or the batch too big: halve it for good and retry.
+                    self._batch_size = max(1, self._batch_size // 2)
+                    if self._device.type == "cuda":
+                        torch.cuda.empty_cache()
+                    continue
                 features = torch.nn.functional.normalize(features, dim=-1)
                 out[start : start + len(chunk)] = features.cpu().numpy()
+                start += len(chunk)
         return out
 
     def _encode_pixels(self, pixels: np.ndarray) -> torch.Tensor:

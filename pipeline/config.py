@@ -15,6 +15,7 @@ from pipeline.errors import ConfigError
 
 DEFAULT_MAX_PIXELS = 200_000_000
 DEFAULT_K = 10
+DEFAULT_INDEX_THRESHOLD = 100_000
 ENV_PREFIX = "CLIPDEX_"
 USER_CONFIG = Path(platformdirs.user_config_dir("clipdex")) / "config.toml"
 
@@ -38,6 +39,7 @@ class Settings:
     max_pixels: int = DEFAULT_MAX_PIXELS  # larger images are refused as decompression bombs
     include: tuple[str, ...] = ()  # globs a file must match (any), relative path or name
     exclude: tuple[str, ...] = ()  # globs that skip files and folders
+    index_threshold: int = DEFAULT_INDEX_THRESHOLD  # images before an ANN index replaces exact search
     k: int = DEFAULT_K
     min_score: float | None = None
 
@@ -103,7 +105,7 @@ def _coerce(values: dict[str, Any], source: str) -> dict[str, Any]:
 
 
 def _convert(name: str, raw: Any) -> Any:
-    if name in ("batch_size", "workers", "max_pixels", "k"):
+    if name in ("batch_size", "workers", "max_pixels", "k", "index_threshold"):
         if isinstance(raw, bool) or (isinstance(raw, float) and not raw.is_integer()):
             raise ValueError("must be a whole number")
         value = int(raw)

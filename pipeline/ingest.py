@@ -38,6 +38,7 @@ class IngestReport:
     captions: int = 0  # captions added, changed or removed without re-embedding the image
     videos_skipped: int = 0
     new_failures: list[Failure] = field(default_factory=list)
+    index: str = "none"  # the ANN index after the run: none, built, refreshed or current
     seconds: float = 0.0
 
     def counts(self) -> dict[str, int]:

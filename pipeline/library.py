@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from pipeline.workers import default_workers
 from storage import Collection, CollectionNotFound, Hit, Stats
 
 TARGETS = ("image", "caption", "both")
+TEXT_CACHE_SIZE = 1024
 _COLUMNS = {"image": ("vector",), "caption": ("caption_vector",), "both": ("vector", "caption_vector")}
 
 
@@ -37,6 +39,8 @@ class Clipdex:
         self.collection = collection
         self.encoder = encoder
         self.settings = settings or Settings()
+        # A long-lived process (a server, a notebook) asks the same words again and again.
+        self._text_vectors: OrderedDict[str, np.ndarray] = OrderedDict()
 
     @classmethod
     def open(
@@ -104,7 +108,9 @@ class Clipdex:
             captions=read_manifest(captions) if captions else {},
             retry_failed=retry_failed,
         )
-        return Ingester(self.collection, self.encoder, options).run(roots, progress)
+        report = Ingester(self.collection, self.encoder, options).run(roots, progress)
+        report.index = self.collection.ensure_index(s.index_threshold)
+        return report
 
     def search(
         self,
@@ -166,9 +172,16 @@ class Clipdex:
         return sorted(best.values(), key=lambda h: -h.score)[:k]
 
     def embed_text(self, text: str) -> np.ndarray:
-        """The vector of a text."""
-        vector: np.ndarray = self.encoder.embed_texts([text])[0]
-        return vector
+        """The vector of a text (the last TEXT_CACHE_SIZE texts are remembered)."""
+        vector = self._text_vectors.get(text)
+        if vector is None:
+            vector = self.encoder.embed_texts([text])[0]
+            self._text_vectors[text] = vector
+            if len(self._text_vectors) > TEXT_CACHE_SIZE:
+                self._text_vectors.popitem(last=False)
+        else:
+            self._text_vectors.move_to_end(text)
+        return vector.copy()
 
     def embed_image(self, path: str | Path) -> np.ndarray:
         """The vector of an image file, decoded exactly as ingest decodes it."""

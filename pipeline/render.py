@@ -55,6 +55,8 @@ def report_text(report: IngestReport, db: str) -> str:
         f"{c['added']} added, {c['updated']} updated, {c['moved']} moved, {c['removed']} removed, "
         f"{c['unchanged']} unchanged, {c['failed']} failed ({report.seconds:.1f} s) in {db}"
     ]
+    if report.index in ("built", "refreshed"):
+        lines.append(f"vector index {report.index}")
     if report.captions:
         lines.append(f"{report.captions} captions updated")
     if report.videos_skipped:
@@ -66,6 +68,7 @@ def report_text(report: IngestReport, db: str) -> str:
 def report_json(report: IngestReport, db: str) -> str:
     """The ingest summary as one JSON object."""
     data: dict[str, Any] = report.counts()
+    data["index"] = report.index
     data["seconds"] = round(report.seconds, 3)
     data["db"] = db
     data["failures"] = [{"path": f.path, "reason": f.reason} for f in report.new_failures]

@@ -172,3 +172,21 @@ def test_auto_precision_follows_the_cpu(monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.setattr(device, "cpu_flags", lambda: {"avx2"})
     assert device.resolve_precision("auto", cpu) == "fp32"
     assert device.resolve_precision("auto", torch.device("cuda")) == "fp16"
+
+
+def test_out_of_memory_halves_the_batch_and_retries(tiny_model: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    encoder = models.load_encoder(
+        EncoderSpec(model=tiny_model, device="cpu", precision="fp32", batch_size=16)
+    )
+    pixels = np.random.default_rng(0).integers(0, 255, (20, 32, 32, 3), dtype=np.uint8)
+    expected = encoder.embed_pixels(pixels)
+    real = encoder._encode_pixels
+
+    def small_memory(chunk: np.ndarray) -> torch.Tensor:
+        if len(chunk) > 4:
+            raise torch.OutOfMemoryError("CUDA out of memory")
+        return real(chunk)
+
+    monkeypatch.setattr(encoder, "_encode_pixels", small_memory)
+    assert np.allclose(encoder.embed_pixels(pixels), expected, atol=1e-5)
+    assert encoder.batch_size == 4

@@ -278,3 +278,34 @@ def test_search_similar_and_filters(photos: Path, db: str, tiny_model: str) -> N
     assert lib.search("anything", k=5, min_score=1.01) == []
     floor = hits[1].score
     assert all(h.score >= floor for h in lib.similar(good / "photo.jpg", k=50, min_score=floor))
+
+
+def test_index_is_built_above_the_threshold_and_refreshed_after(
+    photos: Path, db: str, tiny_model: str, tmp_path: Path
+) -> None:
+    lib = open_lib(db, tiny_model, index_threshold=10)
+    exact = {
+        h.id
+        for h in open_lib(str(tmp_path / "exact"), tiny_model).similar(photos / "good" / "photo.jpg", k=3)
+    }
+    report = lib.ingest([photos])
+    assert report.index == "built"
+    assert lib.collection.has_index()
+    assert not plain.collection.has_index()
+    assert [h.path for h in lib.similar(photos / "good" / "photo.jpg", k=3)] == exact
+    corpus.pattern_image(photos / "good" / "new.png", seed=42)
+    assert lib.ingest([photos]).index == "refreshed"
+    assert lib.ingest([photos]).index == "current"
+
+
+def test_repeated_text_queries_are_embedded_once(
+    photos: Path, db: str, tiny_model: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lib = open_lib(db, tiny_model)
+    lib.ingest([photos / "good"])
+    calls: list[list[str]] = []
+    real = lib.encoder.embed_texts
+    monkeypatch.setattr(lib.encoder, "embed_texts", lambda texts: calls.append(list(texts)) or real(texts))
+    first = lib.search("a red bicycle", k=3)
+    assert lib.search("a red bicycle", k=3) == first
+    assert calls == [["a red bicycle"]]

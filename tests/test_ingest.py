@@ -284,10 +284,9 @@ def test_index_is_built_above_the_threshold_and_refreshed_after(
     photos: Path, db: str, tiny_model: str, tmp_path: Path
 ) -> None:
     lib = open_lib(db, tiny_model, index_threshold=10)
-    exact = {
-        h.id
-        for h in open_lib(str(tmp_path / "exact"), tiny_model).similar(photos / "good" / "photo.jpg", k=3)
-    }
+    plain = open_lib(str(tmp_path / "exact"), tiny_model)
+    plain.ingest([photos])
+    exact = [h.path for h in plain.similar(photos / "good" / "photo.jpg", k=3)]
     report = lib.ingest([photos])
     assert report.index == "built"
     assert lib.collection.has_index()

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
+import sys
+import types
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
@@ -83,4 +86,24 @@ class DecodePool:
             self._executor = ProcessPoolExecutor(
                 self.workers, mp_context=multiprocessing.get_context("spawn")
             )
+            with _main_module_hidden():
+                # Start every worker now, each importing only what decoding needs.
+                for ready in [self._executor.submit(_ready) for _ in range(self.workers)]:
+                    ready.result()
         return self._executor
+
+
+def _ready() -> None:
+    """A no-op task that makes a worker process start."""
+
+
+@contextlib.contextmanager
+def _main_module_hidden() -> Iterator[None]:
+    """Spawned workers re-import the parent's __main__ (a CLI or script that imports torch and
+    LanceDB: seconds and hundreds of MB per worker); they need none of it, so hide it meanwhile."""
+    main = sys.modules["__main__"]
+    sys.modules["__main__"] = types.ModuleType("__main__")
+    try:
+        yield
+    finally:
+        sys.modules["__main__"] = main

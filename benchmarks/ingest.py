@@ -74,7 +74,7 @@ def clipdex(model_id: str) -> Callable[[Path, Path], None]:
         fp = encoder.fingerprint
         collection = Collection.create(str(db), model=fp.to_json(), dimension=fp.dimension)
         report = Clipdex(collection, encoder, Settings()).ingest([folder])
-        assert report.failed == 0 and report.added == len(list(folder.iterdir()))
+        assert (report.failed, report.added) == (0, len(list(folder.iterdir())))
 
     return run
 

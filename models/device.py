@@ -33,9 +33,7 @@ def resolve_device(requested: str) -> torch.device:
             return torch.device("mps")
         return torch.device("cpu")
     if requested.startswith("cuda") and not torch.cuda.is_available():
-        raise DeviceUnavailable(
-            f"--device {requested}: no CUDA GPU is visible here; use --device auto or --device cpu"
-        )
+        raise DeviceUnavailable(f"--device {requested}: no CUDA GPU is visible here; use --device auto or --device cpu")
     if requested == "mps" and not torch.backends.mps.is_available():
         raise DeviceUnavailable("--device mps: Apple MPS is not available here; use --device auto or cpu")
     return torch.device(requested)
@@ -48,9 +46,7 @@ def resolve_precision(requested: str, device: torch.device) -> str:
             return "fp16"
         return "bf16" if cpu_flags() & _BF16_CPU_FLAGS else "fp32"
     if requested == "fp16" and device.type == "cpu":
-        raise DeviceUnavailable(
-            "--precision fp16 runs only on a GPU; use --precision bf16 or fp32 on the CPU"
-        )
+        raise DeviceUnavailable("--precision fp16 runs only on a GPU; use --precision bf16 or fp32 on the CPU")
     return requested
 
 

@@ -66,9 +66,7 @@ def read_manifest(path: str | Path) -> dict[str, str]:
     try:
         pairs = _parse_jsonl(path, text) if is_jsonl else _parse_csv(path, text)
     except (csv.Error, ValueError, RecursionError) as exc:  # over-long fields, absurd numbers, deep nesting
-        raise ManifestError(
-            f"--captions {path}: cannot parse it ({exc}); expected path,caption rows"
-        ) from exc
+        raise ManifestError(f"--captions {path}: cannot parse it ({exc}); expected path,caption rows") from exc
     captions: dict[str, str] = {}
     for image, caption in pairs:
         cleaned = clean_caption(caption)
@@ -103,11 +101,7 @@ def _parse_csv(path: Path, text: str) -> list[tuple[str, str]]:
     header = [cell.strip().lower() for cell in rows[0]]
     if "path" in header:
         p_col = header.index("path")
-        c_col = (
-            header.index("caption")
-            if "caption" in header
-            else (header.index("text") if "text" in header else -1)
-        )
+        c_col = header.index("caption") if "caption" in header else (header.index("text") if "text" in header else -1)
         if c_col < 0:
             raise ManifestError(f"--captions {path}: the header has 'path' but no 'caption' column")
         rows = rows[1:]

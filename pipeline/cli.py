@@ -12,6 +12,7 @@ from rich.progress import Progress as RichProgress
 
 import models
 from models import PRECISIONS, Fingerprint, ModelError
+from pipeline.captions import read_manifest
 from pipeline.config import Settings, load_settings
 from pipeline.errors import ClipdexError
 from pipeline.ingest import Progress
@@ -43,9 +44,7 @@ class _Group(click.Group):
 
 def db_options(f: F) -> F:
     """--db and --config."""
-    f = click.option("--config", "config_file", type=click.Path(dir_okay=False), help="A TOML config file.")(
-        f
-    )
+    f = click.option("--config", "config_file", type=click.Path(dir_okay=False), help="A TOML config file.")(f)
     return click.option("--db", help="Collection folder or s3:// URI [env CLIPDEX_DB].")(f)
 
 
@@ -73,9 +72,7 @@ def query_options(f: F) -> F:
         click.option("--paths", "as_paths", is_flag=True, help="Print only paths, one per line."),
         click.option("--json", "as_json", is_flag=True, help="Print JSON lines, best first."),
         click.option("--min-score", type=float, help="Drop results below this cosine similarity."),
-        click.option(
-            "--where", help="SQL filter on metadata, e.g. \"width > 1000 AND path LIKE '%/2024/%'\"."
-        ),
+        click.option("--where", help="SQL filter on metadata, e.g. \"width > 1000 AND path LIKE '%/2024/%'\"."),
         click.option("-k", "k", type=click.IntRange(min=1), help="How many results [default: 10]."),
     ]
     for option in options:
@@ -102,25 +99,34 @@ def cli() -> None:
 @click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True))
 @click.option("--include", multiple=True, help="Only files matching this glob (repeatable).")
 @click.option("--exclude", multiple=True, help="Skip files and folders matching this glob (repeatable).")
-@click.option(
-    "--captions", type=click.Path(exists=True, dir_okay=False), help="CSV or JSON Lines of path,caption."
-)
+@click.option("--captions", type=click.Path(exists=True, dir_okay=False), help="CSV or JSON Lines of path,caption.")
 @click.option("--max-pixels", type=click.IntRange(min=1), help="Refuse larger images [default: 200000000].")
 @click.option("--workers", type=click.IntRange(min=0), help="Decode processes; 0 decodes in-process.")
 @click.option("--retry-failed", is_flag=True, help="Try again files that failed before and did not change.")
+@click.option("--prune-empty", is_flag=True, help="Remove stored images under a root that has none left.")
 @click.option("--json", "as_json", is_flag=True, help="End with one JSON object of counts.")
 @model_options
 def ingest(
     paths: tuple[str, ...],
     captions: str | None,
     retry_failed: bool,
+    prune_empty: bool,
     as_json: bool,
     **flags: Any,
 ) -> None:
     """Add new, changed and moved images under PATHS; remove deleted ones."""
+    manifest = read_manifest(captions) if captions else None  # a bad manifest must not create a collection
     lib = _open(create=True, **flags)
     with _progress_bar() as progress:
-        report = lib.ingest(list(paths), captions=captions, retry_failed=retry_failed, progress=progress)
+        report = lib.ingest(
+            list(paths),
+            captions=manifest,
+            retry_failed=retry_failed,
+            prune_empty=prune_empty,
+            progress=progress,
+        )
+    for note in report.notes:
+        click.echo(f"note: {note}", err=True)
     db = lib.collection.uri
     if as_json:
         click.echo(report_text(report, db), err=True)
@@ -131,13 +137,9 @@ def ingest(
 
 @cli.command()
 @click.argument("text")
-@click.option(
-    "--target", type=click.Choice(TARGETS), default="image", show_default=True, help="Vectors to match."
-)
+@click.option("--target", type=click.Choice(TARGETS), default="image", show_default=True, help="Vectors to match.")
 @query_options
-def search(
-    text: str, target: str, k: int | None, where: str | None, min_score: float | None, **flags: Any
-) -> None:
+def search(text: str, target: str, k: int | None, where: str | None, min_score: float | None, **flags: Any) -> None:
     """Images that match TEXT, best first."""
     as_json, as_paths = flags.pop("as_json"), flags.pop("as_paths")
     lib = _open(**flags)

@@ -68,9 +68,7 @@ def load_settings(config_file: str | Path | None = None, env: Mapping[str, str] 
     elif USER_CONFIG.is_file():
         settings = replace(settings, **_read_toml(USER_CONFIG, required=False))
     from_env = {
-        f.name: env[ENV_PREFIX + f.name.upper()]
-        for f in fields(Settings)
-        if ENV_PREFIX + f.name.upper() in env
+        f.name: env[ENV_PREFIX + f.name.upper()] for f in fields(Settings) if ENV_PREFIX + f.name.upper() in env
     }
     return replace(settings, **_coerce(from_env, "environment variable"))
 
@@ -86,9 +84,7 @@ def _read_toml(path: Path, *, required: bool) -> dict[str, Any]:
     known = {f.name for f in fields(Settings)}
     unknown = sorted(set(values) - known)
     if unknown:
-        raise ConfigError(
-            f"config file {path}: unknown key {unknown[0]!r}; known keys: {', '.join(sorted(known))}"
-        )
+        raise ConfigError(f"config file {path}: unknown key {unknown[0]!r}; known keys: {', '.join(sorted(known))}")
     return _coerce(values, f"config file {path}")
 
 

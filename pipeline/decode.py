@@ -85,9 +85,7 @@ def decode_file(path: str, transform: ImageTransform, max_pixels: int) -> Decode
         with open(path, "rb") as f:
             data = f.read()
     except OSError as exc:
-        return DecodeFailed(
-            path, f"cannot read: {exc.strerror or exc}; check that the file exists and is readable"
-        )
+        return DecodeFailed(path, f"cannot read: {exc.strerror or exc}; check that the file exists and is readable")
     if not data:
         return DecodeFailed(path, "empty file (0 bytes)")
     with warnings.catch_warnings():

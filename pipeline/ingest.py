@@ -11,7 +11,7 @@ import os
 import secrets
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 
@@ -20,7 +20,7 @@ import numpy as np
 from models import Encoder
 from pipeline.captions import read_sidecar
 from pipeline.decode import Decoded, DecodeFailed, decode_file, hash_file
-from pipeline.scan import ScannedFile, Scanner
+from pipeline.scan import ScannedFile, Scanner, ScanResult
 from pipeline.workers import DecodePool
 from storage import CaptionUpdate, Collection, Failure, FileState, ImageRecord, Moved
 
@@ -39,7 +39,13 @@ class IngestReport:
     videos_skipped: int = 0
     new_failures: list[Failure] = field(default_factory=list)
     index: str = "none"  # the ANN index after the run: none, built, refreshed or current
+    notes: list[str] = field(default_factory=list)  # things the user should know, one line each
     seconds: float = 0.0
+
+    @property
+    def changed(self) -> bool:
+        """True when the run wrote anything."""
+        return bool(self.added or self.updated or self.moved or self.removed or self.captions or self.new_failures)
 
     def counts(self) -> dict[str, int]:
         """The integer counters, as the CLI's --json prints them."""
@@ -66,17 +72,20 @@ class IngestOptions:
     exclude: tuple[str, ...] = ()
     max_pixels: int = 200_000_000
     workers: int = 0
-    captions: dict[str, str] = field(default_factory=dict)  # manifest: absolute path -> caption
+    captions: Mapping[str, str] | None = None  # a manifest: absolute path -> caption; None: none given
     retry_failed: bool = False
     prune: bool = True  # remove rows of files that disappeared under the roots
+    prune_empty: bool = False  # also when a root yields no images at all (else: an unmounted drive?)
 
 
 @dataclass
 class _Plan:
     decode: list[ScannedFile] = field(default_factory=list)  # new or changed
     unchanged: list[ScannedFile] = field(default_factory=list)
-    missing: list[FileState] = field(default_factory=list)
+    missing: list[FileState] = field(default_factory=list)  # stored, in scope, gone from disk
     known_failed: int = 0
+    # Stored files to re-read captions for: unchanged, touched (mtime only) and moved ones.
+    recaption: list[tuple[ScannedFile, FileState]] = field(default_factory=list)
 
 
 class Ingester:
@@ -100,22 +109,21 @@ class Ingester:
         states = self.collection.file_states()
         failed_before = self.collection.failure_states()
         scopes = [os.path.abspath(os.path.expanduser(r)) for r in roots]
-        plan = self._plan(scan.files, states, failed_before, scopes)
+        plan = self._plan(scan, states, failed_before, scopes, report)
         report.unchanged = len(plan.unchanged)
         report.failed = plan.known_failed
         now = datetime.now(UTC)
-        scan_failures = [Failure(p, reason, 0, 0, now) for p, reason in scan.errors]
-        self._fail(report, scan_failures)
+        self._fail(report, [Failure(p, reason, 0, 0, now) for p, reason in scan.errors])
 
-        with DecodePool(opts.workers) as pool:
-            to_decode = self._apply_moves(pool, plan, report)
-            self._embed_all(pool, to_decode, states, report)
-        self._sync_captions(plan.unchanged, states, report)
+        if plan.decode:
+            with DecodePool(opts.workers) as pool:
+                to_decode = self._apply_moves(pool, plan, states, report)
+                self._embed_all(pool, to_decode, states, plan, report)
+        self._sync_captions(plan.recaption, report)
         if opts.prune:
-            gone = [s for s in plan.missing if s.id]  # moves cleared their ids
-            report.removed = self.collection.delete(s.id for s in gone)
+            report.removed += self.collection.delete(s.id for s in plan.missing)
         present = {f.path for f in scan.files} | {p for p, _ in scan.errors}
-        stale = [p for p in failed_before if _in_scope(p, scopes) and p not in present]
+        stale = [p for p in failed_before if _in_scope(p, scopes) and p not in present and not os.path.lexists(p)]
         self.collection.clear_failures(stale)
         report.seconds = time.monotonic() - started
         self._progress(Progress("done", 1, 1))
@@ -123,19 +131,21 @@ class Ingester:
 
     def _plan(
         self,
-        files: list[ScannedFile],
+        scan: ScanResult,
         states: dict[str, FileState],
         failed_before: dict[str, Failure],
         scopes: list[str],
+        report: IngestReport,
     ) -> _Plan:
         plan = _Plan()
         seen = set()
-        for f in files:
+        for f in scan.files:
             seen.add(f.path)
             stored = states.get(f.path)
             failure = failed_before.get(f.path)
             if stored is not None and stored.size == f.size and stored.mtime_ns == f.mtime_ns:
                 plan.unchanged.append(f)
+                plan.recaption.append((f, stored))
             elif (
                 failure is not None
                 and not self.options.retry_failed
@@ -144,39 +154,63 @@ class Ingester:
                 plan.known_failed += 1  # same bytes failed before: don't decode again
             else:
                 plan.decode.append(f)
-        plan.missing = [s for p, s in states.items() if p not in seen and _in_scope(p, scopes)]
+        # A stored file counts as gone only if it is really gone: not merely left out by
+        # --include/--exclude, and not inside a folder we could not list this time.
+        hidden = [folder for folder, _ in scan.errors if os.path.isdir(folder)]
+        candidates = [
+            s
+            for p, s in states.items()
+            if p not in seen and _in_scope(p, scopes) and not _in_scope(p, hidden) and not os.path.lexists(p)
+        ]
+        # A root that yields nothing while rows are stored under it is more likely an unmounted
+        # drive than an emptied library: keep its rows.
+        for root in scopes:
+            under = [s for s in candidates if _in_scope(s.path, [root])]
+            empty = os.path.isdir(root) and not any(_in_scope(p, [root]) for p in seen)
+            if under and empty and not self.options.prune_empty:
+                report.notes.append(
+                    f"{root}: no images found but {len(under)} stored; kept them (is the drive mounted?); "
+                    "if they were deleted, run again with --prune-empty"
+                )
+                candidates = [s for s in candidates if not _in_scope(s.path, [root])]
+        plan.missing = candidates
         return plan
 
-    def _apply_moves(self, pool: DecodePool, plan: _Plan, report: IngestReport) -> list[ScannedFile]:
+    def _apply_moves(
+        self, pool: DecodePool, plan: _Plan, states: dict[str, FileState], report: IngestReport
+    ) -> list[ScannedFile]:
         """Match new paths to vanished rows by content hash; return the files still to decode."""
         if not plan.missing:
             return plan.decode
-        states_by_hash: dict[str, list[FileState]] = defaultdict(list)
+        by_hash: dict[str, list[FileState]] = defaultdict(list)
         for state in plan.missing:
-            states_by_hash[state.hash].append(state)
-        missing_sizes = {s.size for s in plan.missing}
-        # Only a file of the same size as a vanished one can be that file moved.
-        candidates = {f.path: f for f in plan.decode if f.size in missing_sizes}
+            by_hash[state.hash].append(state)
+        sizes = {s.size for s in plan.missing}
+        # Only a new path (a stored one is its own row) of a vanished file's size can be a move.
+        candidates = {f.path: f for f in plan.decode if f.path not in states and f.size in sizes}
         moves: list[Moved] = []
-        claimed: set[str] = set()
         for done, result in enumerate(pool.map(hash_file, list(candidates)), 1):
             self._progress(Progress("hash", done, len(candidates)))
-            if isinstance(result, DecodeFailed):
-                continue  # the decode step will record it
-            matches = states_by_hash.get(result.hash)
-            if matches:
-                state = matches.pop()
-                f = candidates[result.path]
-                moves.append(Moved(state.id, f.path, f.size, f.mtime_ns))
-                claimed.add(state.id)
+            if isinstance(result, DecodeFailed) or not by_hash.get(result.hash):
+                continue  # decoding will record a failure, or embed a new image
+            state = by_hash[result.hash].pop()
+            f = candidates[result.path]
+            moves.append(Moved(state.id, f.path, f.size, f.mtime_ns))
+            plan.recaption.append((f, state))
         self.collection.move(moves)
         report.moved = len(moves)
+        claimed = {m.id for m in moves}
         moved_paths = {m.path for m in moves}
         plan.missing = [s for s in plan.missing if s.id not in claimed]
         return [f for f in plan.decode if f.path not in moved_paths]
 
     def _embed_all(
-        self, pool: DecodePool, files: list[ScannedFile], states: dict[str, FileState], report: IngestReport
+        self,
+        pool: DecodePool,
+        files: list[ScannedFile],
+        states: dict[str, FileState],
+        plan: _Plan,
+        report: IngestReport,
     ) -> None:
         by_path = {f.path: f for f in files}
         batch: list[Decoded] = []
@@ -185,16 +219,17 @@ class Ingester:
         size = self.encoder.batch_size
         results = pool.map(decode_file, list(by_path), self.encoder.transform, self.options.max_pixels)
         for done, result in enumerate(results, 1):
+            f = by_path[result.path]
+            stored = states.get(result.path)
             if isinstance(result, DecodeFailed):
-                f = by_path[result.path]
                 failures.append(Failure(result.path, result.reason, f.size, f.mtime_ns, datetime.now(UTC)))
+                if stored is not None:
+                    plan.missing.append(stored)  # its stored vector shows content that is gone
+            elif stored is not None and stored.hash == result.hash:
+                touched.append(Moved(stored.id, f.path, f.size, f.mtime_ns))  # mtime changed only
+                plan.recaption.append((f, stored))
             else:
-                stored = states.get(result.path)
-                f = by_path[result.path]
-                if stored is not None and stored.hash == result.hash:
-                    touched.append(Moved(stored.id, f.path, f.size, f.mtime_ns))  # mtime changed only
-                else:
-                    batch.append(result)
+                batch.append(result)
             if len(batch) >= size or (done == len(by_path) and (batch or failures or touched)):
                 self._commit(batch, failures, touched, by_path, states, report)
                 batch, failures, touched = [], [], []
@@ -213,7 +248,7 @@ class Ingester:
         if batch:
             pixels = np.stack([d.pixels for d in batch if d.pixels is not None])
             vectors = self.encoder.embed_pixels(pixels)
-            captions = [self._caption(files[d.path], embedded=d.description) for d in batch]
+            captions = [self._caption(files[d.path], d.description, states.get(d.path)) for d in batch]
             caption_vectors = self._embed_captions([c for c, _ in captions])
             records = []
             for d, vector, (caption, source), caption_vector in zip(
@@ -234,6 +269,7 @@ class Ingester:
                         format=d.format,
                         vector=vector,
                         taken_at=d.taken_at,
+                        description=d.description,
                         caption=caption,
                         caption_source=source,
                         caption_vector=caption_vector,
@@ -257,14 +293,19 @@ class Ingester:
             report.failed += len(failures)
             report.new_failures.extend(failures)
 
-    def _caption(self, f: ScannedFile, embedded: str | None) -> tuple[str | None, str | None]:
-        """The caption and its source: a manifest beats a sidecar file beats the image's own description."""
-        manifest = self.options.captions.get(f.path)
-        if manifest:
-            return manifest, "manifest"
+    def _caption(self, f: ScannedFile, embedded: str | None, stored: FileState | None) -> tuple[str | None, str | None]:
+        """The caption and its source: a manifest beats a sidecar file beats the image's own description.
+
+        A manifest caption stays until a run that is given a manifest drops it.
+        """
+        manifest = self.options.captions
+        if manifest is not None and f.path in manifest:
+            return manifest[f.path], "manifest"
         sidecar = read_sidecar(f.sidecar) if f.sidecar else None
         if sidecar:
             return sidecar, "sidecar"
+        if manifest is None and stored is not None and stored.caption_source == "manifest":
+            return stored.caption, "manifest"
         if embedded:
             return embedded, "embedded"
         return None, None
@@ -274,16 +315,11 @@ class Ingester:
         vectors = iter(self.encoder.embed_texts(texts)) if texts else iter(())
         return [next(vectors) if c else None for c in captions]
 
-    def _sync_captions(
-        self, files: Iterable[ScannedFile], states: dict[str, FileState], report: IngestReport
-    ) -> None:
+    def _sync_captions(self, files: Iterable[tuple[ScannedFile, FileState]], report: IngestReport) -> None:
         """Pick up sidecar and manifest edits for images whose own bytes did not change."""
         changes: list[tuple[str, str | None, str | None]] = []
-        for f in files:
-            stored = states[f.path]
-            # The image's own description only changes with its bytes, so the stored one stands.
-            keep_embedded = stored.caption if stored.caption_source == "embedded" else None
-            caption, source = self._caption(f, embedded=keep_embedded)
+        for f, stored in files:
+            caption, source = self._caption(f, stored.description, stored)
             if (caption, source) != (stored.caption, stored.caption_source):
                 changes.append((stored.id, caption, source))
         if changes:
@@ -294,5 +330,5 @@ class Ingester:
             report.captions = len(changes)
 
 
-def _in_scope(path: str, scopes: list[str]) -> bool:
+def _in_scope(path: str, scopes: Sequence[str]) -> bool:
     return any(path == s or path.startswith(s.rstrip(os.sep) + os.sep) for s in scopes)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +35,7 @@ class Clipdex:
     def __init__(self, collection: Collection, encoder: Encoder, settings: Settings | None = None) -> None:
         stored = Fingerprint.from_json(collection.model)
         if stored != encoder.fingerprint:
-            raise ModelMismatch(_mismatch(collection.uri, stored, encoder.fingerprint))
+            raise ModelMismatch(_mismatch(collection.uri, stored, _asked(stored, encoder.fingerprint)))
         self.collection = collection
         self.encoder = encoder
         self.settings = settings or Settings()
@@ -78,8 +78,7 @@ class Clipdex:
         spec = encoder_spec(settings, stored)
         if stored and (spec.model, spec.pretrained) != (stored.model, stored.pretrained):
             # Refuse before loading (or downloading) a model the collection cannot use.
-            asked = Fingerprint(spec.model, spec.pretrained, stored.dimension, stored.preprocess)
-            raise ModelMismatch(_mismatch(uri, stored, asked))
+            raise ModelMismatch(_mismatch(uri, stored, spec.label))
         encoder = models.load_encoder(spec)  # imports torch and open_clip on first use
         if collection is None:
             fingerprint = encoder.fingerprint
@@ -90,26 +89,39 @@ class Clipdex:
         self,
         paths: Sequence[str | Path],
         *,
-        captions: str | Path | None = None,
+        captions: str | Path | Mapping[str, str] | None = None,
         retry_failed: bool = False,
+        prune_empty: bool = False,
         progress: ProgressFn | None = None,
     ) -> IngestReport:
-        """Bring the collection in line with these folders and files (new, changed, moved, deleted)."""
-        roots = [os.path.abspath(os.path.expanduser(str(p))) for p in paths]
-        for root in roots:
+        """Bring the collection in line with these folders and files (new, changed, moved, deleted).
+
+        captions: a CSV / JSON Lines manifest (or its parsed form, from read_manifest).
+        prune_empty: remove stored rows under a root that yields no images at all, which is
+        otherwise taken for an unmounted drive.
+        """
+        roots = []
+        for path in paths:
+            root = os.path.abspath(os.path.expanduser(str(path)))
             if not os.path.lexists(root):
                 raise InputNotFound(f"{root} does not exist; check the path to ingest")
+            # One spelling per file: a symlinked root is stored under its real path.
+            roots.append(os.path.realpath(root))
+        manifest = read_manifest(captions) if isinstance(captions, (str, Path)) else captions
         s = self.settings
         options = IngestOptions(
             include=s.include,
             exclude=s.exclude,
             max_pixels=s.max_pixels,
             workers=default_workers() if s.workers is None else s.workers,
-            captions=read_manifest(captions) if captions else {},
+            captions=manifest,
             retry_failed=retry_failed,
+            prune_empty=prune_empty,
         )
         report = Ingester(self.collection, self.encoder, options).run(roots, progress)
         report.index = self.collection.ensure_index(s.index_threshold)
+        if report.index in ("none", "current") and report.changed:
+            self.collection.optimize()
         return report
 
     def search(
@@ -143,12 +155,8 @@ class Clipdex:
         """Images like a stored image (which is left out of the results), best first."""
         record = self.collection.get(image_id)
         if record is None:
-            raise InputNotFound(
-                f"--id {image_id}: no image with this id; ids are in the output of search --json"
-            )
-        not_self = f"id != '{image_id}'"
-        where = f"({where}) AND {not_self}" if where else not_self
-        return self.search_vector(record.vector, k=k, where=where, min_score=min_score)
+            raise InputNotFound(f"--id {image_id}: no image with this id; ids are in the output of search --json")
+        return self.search_vector(record.vector, k=k, where=where, min_score=min_score, exclude_ids=[image_id])
 
     def search_vector(
         self,
@@ -158,6 +166,7 @@ class Clipdex:
         where: str | None = None,
         min_score: float | None = None,
         target: str = "image",
+        exclude_ids: Sequence[str] = (),
     ) -> list[Hit]:
         """The nearest images to a query vector, best first."""
         if target not in TARGETS:
@@ -166,7 +175,10 @@ class Clipdex:
         min_score = self.settings.min_score if min_score is None else min_score
         best: dict[str, Hit] = {}
         for column in _COLUMNS[target]:
-            for hit in self.collection.search(vector, column=column, k=k, where=where, min_score=min_score):
+            hits = self.collection.search(
+                vector, column=column, k=k, where=where, min_score=min_score, exclude_ids=exclude_ids
+            )
+            for hit in hits:
                 if hit.id not in best or hit.score > best[hit.id].score:
                     best[hit.id] = hit
         return sorted(best.values(), key=lambda h: -h.score)[:k]
@@ -233,11 +245,17 @@ def collection_info(db: str | None = None, settings: Settings | None = None) -> 
     return Collection.open(settings.db_uri).stats()
 
 
-def _mismatch(uri: str, stored: Fingerprint, asked: Fingerprint) -> str:
-    if (stored.model, stored.pretrained) == (asked.model, asked.pretrained):
-        what = f"{asked.label} with other preprocessing ({asked.preprocess})"
-    else:
-        what = asked.label
+def _asked(stored: Fingerprint, asked: Fingerprint) -> str:
+    if (stored.model, stored.pretrained, stored.dimension) == (
+        asked.model,
+        asked.pretrained,
+        asked.dimension,
+    ):
+        return f"{asked.label} with other preprocessing ({asked.preprocess})"
+    return asked.label
+
+
+def _mismatch(uri: str, stored: Fingerprint, what: str) -> str:
     flags = f"--model {stored.model}" + (f" --pretrained {stored.pretrained}" if stored.pretrained else "")
     return (
         f"--db {uri} holds vectors of {stored.label}, not {what}; "

@@ -74,9 +74,7 @@ def sniff_image(header: bytes) -> bool:
 class Scanner:
     """Finds image files under roots, honouring include/exclude globs and skipping hidden folders."""
 
-    def __init__(
-        self, include: Sequence[str] = (), exclude: Sequence[str] = (), skip: Sequence[str] = ()
-    ) -> None:
+    def __init__(self, include: Sequence[str] = (), exclude: Sequence[str] = (), skip: Sequence[str] = ()) -> None:
         self.include = tuple(include)
         self.exclude = tuple(exclude)
         self.skip = {os.path.abspath(p) for p in skip}
@@ -108,9 +106,7 @@ class Scanner:
                 seen.add(path)
                 self._consider(path, name, listing, result, included=self._included(root, path, name))
 
-    def _folders(
-        self, root: str, visited: set[tuple[int, int]], result: ScanResult
-    ) -> Iterator[tuple[str, list[str]]]:
+    def _folders(self, root: str, visited: set[tuple[int, int]], result: ScanResult) -> Iterator[tuple[str, list[str]]]:
         """Depth-first folders with their file names; a folder reached twice (a loop) is walked once."""
         stack = [root]
         while stack:
@@ -122,9 +118,7 @@ class Scanner:
                 visited.add((info.st_dev, info.st_ino))
                 entries = sorted(os.scandir(folder), key=lambda e: e.name, reverse=True)
             except OSError as exc:
-                result.errors.append(
-                    (folder, f"cannot list folder: {exc.strerror or exc}; check permissions")
-                )
+                result.errors.append((folder, f"cannot list folder: {exc.strerror or exc}; check permissions"))
                 continue
             files = []
             for entry in entries:
@@ -134,7 +128,7 @@ class Scanner:
                     is_dir = False
                 if not is_dir:
                     files.append(entry.name)
-                elif not self._skip_folder(root, entry.path, entry.name):
+                elif not self._skip_folder(root, entry.path, entry.name) and not _alias_inside(entry, root):
                     stack.append(entry.path)
             yield folder, files
 
@@ -147,14 +141,10 @@ class Scanner:
         )
 
     def _excluded(self, root: str, path: str, name: str) -> bool:
-        rel = os.path.relpath(path, root)
-        return any(fnmatch.fnmatch(rel, p) or fnmatch.fnmatch(name, p) for p in self.exclude)
+        return _matches(self.exclude, root, path, name)
 
     def _included(self, root: str, path: str, name: str) -> bool:
-        if not self.include:
-            return True
-        rel = os.path.relpath(path, root)
-        return any(fnmatch.fnmatch(rel, p) or fnmatch.fnmatch(name, p) for p in self.include)
+        return not self.include or _matches(self.include, root, path, name)
 
     def _consider(
         self,
@@ -184,6 +174,23 @@ class Scanner:
         if ext not in IMAGE_EXTENSIONS and not explicit and not _has_image_header(path):
             return
         result.files.append(ScannedFile(path, info.st_size, info.st_mtime_ns, _sidecar(path, name, listing)))
+
+
+def _alias_inside(entry: os.DirEntry[str], root: str) -> bool:
+    """A folder symlink pointing inside the root: its images are already found under their real path."""
+    if not entry.is_symlink():
+        return False
+    target = os.path.realpath(entry.path)
+    real_root = os.path.realpath(root)
+    return target == real_root or target.startswith(real_root.rstrip(os.sep) + os.sep)
+
+
+def _matches(patterns: Sequence[str], root: str, path: str, name: str) -> bool:
+    """A glob matches the name or the path below the root (also with a leading '/', so that
+    '*/tmp/*' catches a top-level tmp folder too), ignoring case: cameras write IMG_1.JPG."""
+    rel = os.path.relpath(path, root).replace(os.sep, "/").lower()
+    candidates = (name.lower(), rel, "/" + rel, "/" + rel + "/")
+    return any(fnmatch.fnmatchcase(c, p.lower()) for p in patterns for c in candidates)
 
 
 def _has_image_header(path: str) -> bool:

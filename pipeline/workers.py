@@ -13,6 +13,7 @@ from concurrent.futures.process import BrokenProcessPool
 from typing import Any, TypeVar
 
 from pipeline.decode import DecodeFailed
+from pipeline.errors import ClipdexError
 
 T = TypeVar("T")
 IN_FLIGHT_PER_WORKER = 8  # enough queued work to keep a worker busy while results are consumed
@@ -83,13 +84,18 @@ class DecodePool:
 
     def _pool(self) -> ProcessPoolExecutor:
         if self._executor is None:
-            self._executor = ProcessPoolExecutor(
-                self.workers, mp_context=multiprocessing.get_context("spawn")
-            )
+            self._executor = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
             with _main_module_hidden():
                 # Start every worker now, each importing only what decoding needs.
-                for ready in [self._executor.submit(_ready) for _ in range(self.workers)]:
-                    ready.result()
+                try:
+                    for ready in [self._executor.submit(_ready) for _ in range(self.workers)]:
+                        ready.result()
+                except BrokenProcessPool as exc:
+                    # No file is to blame: say so, rather than record every file as a failure.
+                    self.close()
+                    raise ClipdexError(
+                        "decode worker processes cannot start here; run with --workers 0 (decode in-process)"
+                    ) from exc
         return self._executor
 
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Iterable, Sequence
-from datetime import UTC, datetime
+from collections.abc import Iterable, Iterator, Sequence
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import lancedb
@@ -69,6 +70,7 @@ class Collection:
     @classmethod
     def open(cls, uri: str, *, storage_options: dict[str, str] | None = None) -> Collection:
         """Open an existing collection; CollectionNotFound when there is none."""
+        _refuse_file(uri)
         if "://" not in uri and not os.path.isdir(uri):
             # lancedb.connect would create the folder: a read must leave no trace.
             raise CollectionNotFound(f"--db {uri}: no collection here yet; run `clipdex ingest` first")
@@ -87,16 +89,18 @@ class Collection:
         cls, uri: str, *, model: str, dimension: int, storage_options: dict[str, str] | None = None
     ) -> Collection:
         """Create an empty collection for vectors of one model (its fingerprint JSON) and dimension."""
-        db = _connect(uri, storage_options)
-        if _table_names(db) or _is_nonempty_dir(uri):
-            raise CollectionUnreadable(
-                f"--db {uri}: the location is not empty; use a new folder for a new collection"
-            )
-        db.create_table(IMAGES, schema=images_schema(dimension))
-        db.create_table(FAILURES, schema=FAILURES_SCHEMA)
-        # The meta table is written last: its presence marks a complete collection.
-        meta = {"model": model, "dimension": str(dimension), "schema_version": str(SCHEMA_VERSION)}
-        db.create_table(META, pa.Table.from_pylist(_meta_rows(meta), schema=META_SCHEMA))
+        _refuse_file(uri)
+        if _is_nonempty_dir(uri):
+            raise CollectionUnreadable(f"--db {uri}: the location is not empty; use a new folder for a new collection")
+        with _writing(uri):
+            db = _connect(uri, storage_options)
+            if _table_names(db):
+                raise CollectionUnreadable(f"--db {uri}: the location is not empty; use a new location")
+            db.create_table(IMAGES, schema=images_schema(dimension))
+            db.create_table(FAILURES, schema=FAILURES_SCHEMA)
+            # The meta table is written last: its presence marks a complete collection.
+            meta = {"model": model, "dimension": str(dimension), "schema_version": str(SCHEMA_VERSION)}
+            db.create_table(META, pa.Table.from_pylist(_meta_rows(meta), schema=META_SCHEMA))
         return cls(db, uri)
 
     # --- reading -------------------------------------------------------------------------
@@ -147,11 +151,14 @@ class Collection:
         k: int = 10,
         where: str | None = None,
         min_score: float | None = None,
+        exclude_ids: Sequence[str] = (),
     ) -> list[Hit]:
         """The k images closest to vector (cosine), best first, filtered by an SQL where clause."""
         if column not in ("vector", "caption_vector"):
             raise ValueError(f"column must be 'vector' or 'caption_vector', not {column!r}")
         filters = [f"({where})"] if where else []
+        if exclude_ids:
+            filters.append(f"id NOT IN ({', '.join(_sql_str(i) for i in exclude_ids)})")
         if column == "caption_vector":
             filters.append(CAPTION_FILTER)
         query = (
@@ -169,7 +176,7 @@ class Collection:
         try:
             rows = query.to_arrow().to_pylist()
         except ValueError as exc:
-            raise BadFilter(f"--where {where!r}: {_first_line(exc)}") from exc
+            raise BadFilter(_bad_filter(where, exc)) from exc
         return [_hit(row) for row in rows]
 
     def check_filter(self, where: str) -> None:
@@ -177,7 +184,7 @@ class Collection:
         try:
             self._images.search().where(where).select(["id"]).limit(1).to_arrow()
         except ValueError as exc:
-            raise BadFilter(f"--where {where!r}: {_first_line(exc)}") from exc
+            raise BadFilter(_bad_filter(where, exc)) from exc
 
     def has_index(self) -> bool:
         """True once the image vectors have an ANN index."""
@@ -196,14 +203,21 @@ class Collection:
         if not self.has_index():
             partitions = max(1, rows // ROWS_PER_PARTITION)
             config = HnswSq(distance_type="cosine", num_partitions=partitions)
-            self._images.create_index("vector", config=config, name=INDEX_NAME)
+            with _writing(self.uri):
+                self._images.create_index("vector", config=config, name=INDEX_NAME)
             self._indexed = True
             return "built"
         stats = self._images.index_stats(INDEX_NAME)
         if stats is not None and stats.num_unindexed_rows > 0:
-            self._images.optimize()  # indexes the new rows and compacts small fragments
+            self.optimize()
             return "refreshed"
         return "current"
+
+    def optimize(self) -> None:
+        """Merge the small fragments that batch commits leave, and fold new rows into the index."""
+        with _writing(self.uri):
+            self._images.optimize()
+            self._failures.optimize()
 
     # --- writing: each call is one commit ----------------------------------------------------
 
@@ -247,9 +261,10 @@ class Collection:
     def delete(self, ids: Iterable[str]) -> int:
         """Remove images by id; returns how many ids were given."""
         ids = list(ids)
-        for start in range(0, len(ids), DELETE_CHUNK):
-            chunk = ids[start : start + DELETE_CHUNK]
-            self._images.delete(f"id IN ({', '.join(_sql_str(i) for i in chunk)})")
+        with _writing(self.uri):
+            for start in range(0, len(ids), DELETE_CHUNK):
+                chunk = ids[start : start + DELETE_CHUNK]
+                self._images.delete(f"id IN ({', '.join(_sql_str(i) for i in chunk)})")
         return len(ids)
 
     def record_failures(self, failures: Sequence[Failure]) -> None:
@@ -261,9 +276,10 @@ class Collection:
     def clear_failures(self, paths: Iterable[str]) -> None:
         """Forget failures of these paths (they were ingested, or are gone)."""
         paths = list(paths)
-        for start in range(0, len(paths), DELETE_CHUNK):
-            chunk = paths[start : start + DELETE_CHUNK]
-            self._failures.delete(f"path IN ({', '.join(_sql_str(p) for p in chunk)})")
+        with _writing(self.uri):
+            for start in range(0, len(paths), DELETE_CHUNK):
+                chunk = paths[start : start + DELETE_CHUNK]
+                self._failures.delete(f"path IN ({', '.join(_sql_str(p) for p in chunk)})")
 
     # --- internals ---------------------------------------------------------------------------
 
@@ -272,13 +288,11 @@ class Collection:
         return _record(rows[0]) if rows else None
 
     def _merge(self, table: Any, key: str, data: pa.Table, *, insert: bool = True) -> None:
-        builder = table.merge_insert(key).when_matched_update_all()
-        if insert:
-            builder = builder.when_not_matched_insert_all()
-        try:
+        with _writing(self.uri):
+            builder = table.merge_insert(key).when_matched_update_all()
+            if insert:
+                builder = builder.when_not_matched_insert_all()
             builder.execute(data, on_bad_vectors="null")  # a null caption_vector means no caption
-        except OSError as exc:
-            raise StorageError(f"--db {self.uri}: cannot write ({_first_line(exc)})") from exc
 
     def _upgrade(self) -> None:
         for version in range(self.schema_version, SCHEMA_VERSION):
@@ -288,9 +302,33 @@ class Collection:
         self.schema_version = SCHEMA_VERSION
 
 
+@contextlib.contextmanager
+def _writing(uri: str) -> Iterator[None]:
+    """Turn LanceDB's write errors (full disk, read-only folder, ...) into one line with the fix."""
+    try:
+        yield
+    except (OSError, RuntimeError) as exc:
+        raise StorageError(
+            f"--db {uri}: cannot write ({_first_line(exc)}); check free space and permissions, or use another --db"
+        ) from exc
+
+
+def _refuse_file(uri: str) -> None:
+    if "://" not in uri and os.path.isfile(uri):
+        raise CollectionUnreadable(f"--db {uri} is a file; point --db at a folder (new, or holding a collection)")
+
+
+def _bad_filter(where: str | None, exc: Exception) -> str:
+    return (
+        f"--where {where!r}: {_first_line(exc)}; filter on id, path, size, mtime_ns, width, height, format, "
+        "taken_at, description, caption, caption_source, ingested_at"
+    )
+
+
 def _connect(uri: str, storage_options: dict[str, str] | None) -> lancedb.DBConnection:
     try:
-        return lancedb.connect(uri, storage_options=storage_options)
+        # Every read sees the latest commit, also one made by another process meanwhile.
+        return lancedb.connect(uri, storage_options=storage_options, read_consistency_interval=timedelta(0))
     except Exception as exc:
         raise CollectionUnreadable(f"--db {uri}: cannot open ({_first_line(exc)})") from exc
 

@@ -22,6 +22,7 @@ class ImageRecord:
     format: str
     vector: np.ndarray = field(repr=False)
     taken_at: datetime | None = None
+    description: str | None = None  # EXIF ImageDescription or XMP dc:description
     caption: str | None = None
     caption_source: str | None = None  # sidecar, manifest or embedded
     caption_vector: np.ndarray | None = field(default=None, repr=False)
@@ -37,6 +38,7 @@ class FileState:
     size: int
     mtime_ns: int
     hash: str
+    description: str | None
     caption: str | None
     caption_source: str | None
 

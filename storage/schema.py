@@ -30,6 +30,7 @@ def images_schema(dimension: int) -> pa.Schema:
             pa.field("height", pa.int32(), nullable=False),
             pa.field("format", pa.string(), nullable=False),
             pa.field("taken_at", pa.timestamp("us")),
+            pa.field("description", pa.string()),  # the image's own EXIF/XMP description
             pa.field("caption", pa.string()),
             pa.field("caption_source", pa.string()),
             pa.field("vector", vector, nullable=False),
@@ -49,10 +50,8 @@ FAILURES_SCHEMA = pa.schema(
     ]
 )
 
-META_SCHEMA = pa.schema(
-    [pa.field("key", pa.string(), nullable=False), pa.field("value", pa.string(), nullable=False)]
-)
+META_SCHEMA = pa.schema([pa.field("key", pa.string(), nullable=False), pa.field("value", pa.string(), nullable=False)])
 
 # Columns a search returns (never the vectors: they are large and the caller has the query).
 HIT_COLUMNS = ["id", "path", "caption", "width", "height", "format", "taken_at", "_distance"]
-STATE_COLUMNS = ["id", "path", "size", "mtime_ns", "hash", "caption", "caption_source"]
+STATE_COLUMNS = ["id", "path", "size", "mtime_ns", "hash", "description", "caption", "caption_source"]

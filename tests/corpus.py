@@ -219,9 +219,7 @@ def good_images(folder: Path) -> dict[str, Path]:
     out["unicode_name"] = p
 
     p = folder / "sunset.jpg"
-    _pattern_rgb((64, 40), 15, (250, 110, 30)).save(
-        p, format="JPEG", quality=90, xmp=_xmp_packet(XMP_DESCRIPTION)
-    )
+    _pattern_rgb((64, 40), 15, (250, 110, 30)).save(p, format="JPEG", quality=90, xmp=_xmp_packet(XMP_DESCRIPTION))
     out["xmp_description"] = p
 
     return out
@@ -342,9 +340,7 @@ def large_jpeg(path: Path, megapixels: float = 12.0, seed: int = 0) -> Path:
     small[..., 1] = 60 + 150 * ys / (sh - 1)
     small[..., 2] = 200 - 120 * (xs + ys) / (sw + sh - 2)
     small += rng.normal(0.0, 25.0, size=small.shape).astype(np.float32)
-    im = Image.fromarray(np.clip(small, 0, 255).astype(np.uint8)).resize(
-        (width, height), Image.Resampling.BICUBIC
-    )
+    im = Image.fromarray(np.clip(small, 0, 255).astype(np.uint8)).resize((width, height), Image.Resampling.BICUBIC)
     # Mild per-pixel grain so the JPEG is not unrealistically compressible.
     grain = rng.integers(-4, 5, size=(height, width, 1), dtype=np.int16)
     arr = np.asarray(im, dtype=np.int16) + grain

@@ -116,9 +116,7 @@ def test_xmp_description_from_corpus_packet(xmp_packet: bytes) -> None:
 
 
 def test_xmp_description_unescapes_entities_and_cleans(xmp_packet: bytes) -> None:
-    packet = xmp_packet.replace(
-        corpus.XMP_DESCRIPTION.encode(), b"\n  fish &amp; chips &lt;3 &#233;t&#xE9;\n more"
-    )
+    packet = xmp_packet.replace(corpus.XMP_DESCRIPTION.encode(), b"\n  fish &amp; chips &lt;3 &#233;t&#xE9;\n more")
 
     assert xmp_description(packet) == "fish & chips <3 \u00e9t\u00e9"
 
@@ -310,9 +308,7 @@ def test_missing_manifest_is_input_not_found(tmp_path: Path) -> None:
     with pytest.raises(InputNotFound) as info:
         read_manifest(missing)
 
-    assert str(info.value) == (
-        f"--captions {missing}: no such file; give a CSV or JSON Lines file of path,caption"
-    )
+    assert str(info.value) == (f"--captions {missing}: no such file; give a CSV or JSON Lines file of path,caption")
 
 
 def test_folder_as_manifest_is_input_not_found(tmp_path: Path) -> None:
@@ -321,9 +317,7 @@ def test_folder_as_manifest_is_input_not_found(tmp_path: Path) -> None:
 
 
 def test_bad_json_line_names_the_line(tmp_path: Path) -> None:
-    manifest = _write(
-        tmp_path / "captions.jsonl", '{"path": "a.jpg", "caption": "ok"}\n\n{"path": "b.jpg",\n'
-    )
+    manifest = _write(tmp_path / "captions.jsonl", '{"path": "a.jpg", "caption": "ok"}\n\n{"path": "b.jpg",\n')
 
     with pytest.raises(ManifestError) as info:
         read_manifest(manifest)
@@ -421,9 +415,7 @@ def test_hostile_manifest_raises_manifest_error(tmp_path: Path, name: str, text:
 @example(suffix=".jsonl", text="1" * 5000)
 @example(suffix=".jsonl", text="[" * 100_000)
 @example(suffix=".jsonl", text='{"path": "a", "caption": "b\u2028c"}')
-def test_read_manifest_returns_captions_or_raises_manifest_error(
-    tmp_path: Path, suffix: str, text: str
-) -> None:
+def test_read_manifest_returns_captions_or_raises_manifest_error(tmp_path: Path, suffix: str, text: str) -> None:
     manifest = tmp_path / f"m{suffix}"
     manifest.write_text(text, encoding="utf-8")
 

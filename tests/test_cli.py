@@ -28,9 +28,7 @@ def snapshot(folder: str) -> dict[str, int]:
 
 
 def test_ingest_prints_a_summary_and_the_failures(photos: Path, db: str, tiny_model: str) -> None:
-    result = run(
-        "ingest", str(photos / "good"), str(photos / "bad" / "empty.jpg"), "--db", db, "--model", tiny_model
-    )
+    result = run("ingest", str(photos / "good"), str(photos / "bad" / "empty.jpg"), "--db", db, "--model", tiny_model)
     assert without_timing(result.stdout) == (
         f"17 added, 0 updated, 0 moved, 0 removed, 0 unchanged, 1 failed (T s) in {db}\n"
         f"failed: {photos}/bad/empty.jpg: empty file (0 bytes)\n"
@@ -86,8 +84,7 @@ def test_search_json_table_and_paths_agree(photos: Path, db: str, tiny_model: st
     assert paths == "".join(h["path"] + "\n" for h in hits)
     table = run("search", "a sunset over the sea", "-k", "5", "--db", db).stdout
     expected = [
-        Hit(h["id"], h["path"], h["score"], h["caption"], h["width"], h["height"], h["format"], None)
-        for h in hits
+        Hit(h["id"], h["path"], h["score"], h["caption"], h["width"], h["height"], h["format"], None) for h in hits
     ]
     assert table == hits_table(expected) + "\n"
     assert table.splitlines()[0].split() == ["score", "size", "id", "path", "caption"]
@@ -96,10 +93,7 @@ def test_search_json_table_and_paths_agree(photos: Path, db: str, tiny_model: st
 def test_similar_by_file_and_by_id(photos: Path, db: str, tiny_model: str, tmp_path: Path) -> None:
     run("ingest", str(photos / "good"), "--db", db, "--model", tiny_model)
     outside = corpus.pattern_image(tmp_path / "elsewhere" / "query.png", seed=99)
-    hits = [
-        json.loads(x)
-        for x in run("similar", str(outside), "-k", "3", "--db", db, "--json").stdout.splitlines()
-    ]
+    hits = [json.loads(x) for x in run("similar", str(outside), "-k", "3", "--db", db, "--json").stdout.splitlines()]
     assert len(hits) == 3
     first = hits[0]["id"]
     by_id = run("similar", "--id", first, "-k", "3", "--db", db, "--json").stdout.splitlines()
@@ -118,9 +112,7 @@ def test_no_match_is_said_on_stderr(photos: Path, db: str, tiny_model: str) -> N
 
 def test_embed_prints_a_unit_vector(photos: Path, tiny_model: str, db: str) -> None:
     text = json.loads(run("embed", "--text", "a dog", "--model", tiny_model, "--json").stdout)
-    image = json.loads(
-        run("embed", "--image", str(photos / "good" / "photo.jpg"), "--model", tiny_model).stdout
-    )
+    image = json.loads(run("embed", "--image", str(photos / "good" / "photo.jpg"), "--model", tiny_model).stdout)
     for data in (text, image):
         assert len(data["vector"]) == 32
         assert sum(x * x for x in data["vector"]) == pytest.approx(1.0, abs=1e-4)
@@ -129,9 +121,7 @@ def test_embed_prints_a_unit_vector(photos: Path, tiny_model: str, db: str) -> N
     assert stored["vector"] == text["vector"]
 
 
-def test_environment_sets_db_and_model(
-    photos: Path, db: str, tiny_model: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_environment_sets_db_and_model(photos: Path, db: str, tiny_model: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CLIPDEX_DB", db)
     monkeypatch.setenv("CLIPDEX_MODEL", tiny_model)
     assert ingest_json(str(photos / "good"))["added"] == 17
@@ -194,9 +184,7 @@ def test_foreign_folder_is_refused_and_untouched(tmp_path: Path, photos: Path, t
 
 def test_missing_collection_says_to_ingest_first(tmp_path: Path) -> None:
     result = run("search", "dog", "--db", str(tmp_path / "none"), ok=False)
-    assert (
-        result.stderr == f"Error: --db {tmp_path}/none: no collection here yet; run `clipdex ingest` first\n"
-    )
+    assert result.stderr == f"Error: --db {tmp_path}/none: no collection here yet; run `clipdex ingest` first\n"
     assert not (tmp_path / "none").exists()
 
 

@@ -229,16 +229,12 @@ def test_bad_int_in_environment_names_the_variable() -> None:
     )
 
 
-@pytest.mark.parametrize(
-    ("name", "value"), [("BATCH_SIZE", "0"), ("K", "-1"), ("MAX_PIXELS", "0"), ("WORKERS", "-1")]
-)
+@pytest.mark.parametrize(("name", "value"), [("BATCH_SIZE", "0"), ("K", "-1"), ("MAX_PIXELS", "0"), ("WORKERS", "-1")])
 def test_non_positive_numbers_are_refused(name: str, value: str) -> None:
     with pytest.raises(ConfigError) as info:
         load_settings(env={f"CLIPDEX_{name}": value})
 
-    assert (
-        str(info.value) == f"environment variable CLIPDEX_{name}={value!r}: must be a positive whole number"
-    )
+    assert str(info.value) == f"environment variable CLIPDEX_{name}={value!r}: must be a positive whole number"
 
 
 def test_zero_workers_is_allowed() -> None:

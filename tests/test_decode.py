@@ -312,9 +312,7 @@ def test_hash_file_matches_decode(good: dict[str, Path]) -> None:
 def test_hash_file_does_not_decode(bad: dict[str, Path]) -> None:
     path = bad["truncated_jpeg"]
 
-    assert hash_file(str(path)) == Hashed(
-        str(path), hashlib.blake2b(path.read_bytes(), digest_size=16).hexdigest()
-    )
+    assert hash_file(str(path)) == Hashed(str(path), hashlib.blake2b(path.read_bytes(), digest_size=16).hexdigest())
 
 
 def test_hash_of_missing_file(tmp_path: Path) -> None:
@@ -385,9 +383,7 @@ def test_draft_size_never_below_what_the_transform_needs(
 
 @settings(max_examples=60, deadline=None, database=None)
 @given(width=st.integers(1, 10_000), height=st.integers(1, 10_000), mode=MODES, size=SIZES)
-def test_pixels_from_draft_size_have_the_model_shape(
-    width: int, height: int, mode: str, size: tuple[int, int]
-) -> None:
+def test_pixels_from_draft_size_have_the_model_shape(width: int, height: int, mode: str, size: tuple[int, int]) -> None:
     assume(max(width, height) <= 20 * min(width, height))  # strips resize to huge images, as in open_clip
     transform = ImageTransform(size=size, resize_mode=mode)
     dw, dh = transform.draft_size(width, height)

@@ -48,18 +48,14 @@ def test_vectors_are_unit_length_float32(encoder: models.OpenClipEncoder) -> Non
     assert encoder.embed_texts([]).shape == (0, 32)
 
 
-def test_fingerprint_names_model_dimension_and_preprocessing(
-    encoder: models.OpenClipEncoder, tiny_model: str
-) -> None:
+def test_fingerprint_names_model_dimension_and_preprocessing(encoder: models.OpenClipEncoder, tiny_model: str) -> None:
     fp = encoder.fingerprint
     assert (fp.model, fp.pretrained, fp.dimension) == (tiny_model, "", 32)
     assert "size=(32, 32)" in fp.preprocess
     assert models.Fingerprint.from_json(fp.to_json()) == fp
 
 
-def test_image_vectors_match_open_clip(
-    encoder: models.OpenClipEncoder, tiny_model: str, tmp_path: Path
-) -> None:
+def test_image_vectors_match_open_clip(encoder: models.OpenClipEncoder, tiny_model: str, tmp_path: Path) -> None:
     """Pixels prepared by decode workers (Pillow + numpy) give open_clip's own vectors."""
     model, preprocess, _ = _reference(tiny_model)
     for name, path in corpus.good_images(tmp_path).items():
@@ -116,9 +112,7 @@ def test_bf16_stays_close_to_fp32(tiny_model: str, tmp_path: Path) -> None:
 
 
 def test_local_dir_without_config_names_the_folder(tmp_path: Path) -> None:
-    with pytest.raises(
-        ModelNotFound, match=r"^--model local-dir:.*no open_clip_config.json in .*local-dir:/path"
-    ):
+    with pytest.raises(ModelNotFound, match=r"^--model local-dir:.*no open_clip_config.json in .*local-dir:/path"):
         models.load_encoder(EncoderSpec(model=f"local-dir:{tmp_path}"))
 
 
@@ -175,9 +169,7 @@ def test_auto_precision_follows_the_cpu(monkeypatch: pytest.MonkeyPatch) -> None
 
 
 def test_out_of_memory_halves_the_batch_and_retries(tiny_model: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    encoder = models.load_encoder(
-        EncoderSpec(model=tiny_model, device="cpu", precision="fp32", batch_size=16)
-    )
+    encoder = models.load_encoder(EncoderSpec(model=tiny_model, device="cpu", precision="fp32", batch_size=16))
     pixels = np.random.default_rng(0).integers(0, 255, (20, 32, 32, 3), dtype=np.uint8)
     expected = encoder.embed_pixels(pixels)
     real = encoder._encode_pixels

@@ -135,9 +135,7 @@ def test_moved_and_renamed_files_keep_id_and_vector_without_decoding(
     assert str(old_a) not in after and len(after) == N_GOOD
 
 
-def test_deleted_files_are_removed_and_their_failures_forgotten(
-    photos: Path, db: str, tiny_model: str
-) -> None:
+def test_deleted_files_are_removed_and_their_failures_forgotten(photos: Path, db: str, tiny_model: str) -> None:
     lib = open_lib(db, tiny_model)
     lib.ingest([photos])
     (photos / "good" / "photo.jpg").unlink()
@@ -194,9 +192,7 @@ def test_a_crash_keeps_finished_batches_and_the_next_run_completes(
     assert len(set(lib.collection.file_states())) == N_GOOD
 
 
-def test_worker_processes_give_the_same_vectors_as_in_process(
-    photos: Path, tmp_path: Path, tiny_model: str
-) -> None:
+def test_worker_processes_give_the_same_vectors_as_in_process(photos: Path, tmp_path: Path, tiny_model: str) -> None:
     inline = open_lib(str(tmp_path / "inline"), tiny_model, workers=0)
     pooled = open_lib(str(tmp_path / "pooled"), tiny_model, workers=2)
     inline.ingest([photos])
@@ -248,9 +244,7 @@ def test_a_second_model_is_refused_and_nothing_changes(
 ) -> None:
     open_lib(db, tiny_model).ingest([photos])
     files_before = sorted(p.relative_to(db) for p in Path(db).rglob("*"))
-    with pytest.raises(
-        ModelMismatch, match=r"holds vectors of local-dir:.*tiny-model.*, not local-dir:.*other-model"
-    ):
+    with pytest.raises(ModelMismatch, match=r"holds vectors of local-dir:.*tiny-model.*, not local-dir:.*other-model"):
         open_lib(db, other_model)
     assert sorted(p.relative_to(db) for p in Path(db).rglob("*")) == files_before
 

@@ -175,9 +175,7 @@ def album(tmp_path: Path) -> Path:
         (["*.gif"], []),
     ],
 )
-def test_include_matches_names_and_relative_paths(
-    album: Path, include: list[str], expected: list[str]
-) -> None:
+def test_include_matches_names_and_relative_paths(album: Path, include: list[str], expected: list[str]) -> None:
     assert _rel(Scanner(include=include).scan([album]), album) == expected
 
 
@@ -194,9 +192,7 @@ def test_include_matches_names_and_relative_paths(
         (["202?"], ["a.jpg", "b.png", "drafts/g.png"]),
     ],
 )
-def test_exclude_matches_names_and_relative_paths(
-    album: Path, exclude: list[str], expected: list[str]
-) -> None:
+def test_exclude_matches_names_and_relative_paths(album: Path, exclude: list[str], expected: list[str]) -> None:
     assert _rel(Scanner(exclude=exclude).scan([album]), album) == expected
 
 
@@ -265,9 +261,7 @@ def test_broken_symlink_with_image_extension_is_an_error(tmp_path: Path) -> None
     result = Scanner().scan([tmp_path])
 
     assert _rel(result, tmp_path) == ["a.jpg"]
-    assert result.errors == [
-        (str(tmp_path / "gone.jpg"), "cannot read: No such file or directory (a broken link?)")
-    ]
+    assert result.errors == [(str(tmp_path / "gone.jpg"), "cannot read: No such file or directory (a broken link?)")]
 
 
 def test_broken_symlink_given_as_root_is_an_error(tmp_path: Path) -> None:

@@ -24,9 +24,7 @@ TINY_PREPROCESS: dict[str, Any] = {
 }
 
 
-def save_model_dir(
-    folder: Path, model_cfg: dict[str, Any], preprocess_cfg: dict[str, Any], seed: int = 0
-) -> Path:
+def save_model_dir(folder: Path, model_cfg: dict[str, Any], preprocess_cfg: dict[str, Any], seed: int = 0) -> Path:
     """Write open_clip_config.json and random weights (seeded) to folder; return folder."""
     folder.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)

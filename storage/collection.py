@@ -33,9 +33,12 @@ os.environ.setdefault("LANCE_INCLUDE_VECTOR_CENTROIDS", "false")
 
 DELETE_CHUNK = 500  # ids per DELETE statement, to keep the SQL short
 INDEX_NAME = "vector_idx"
+# IVF partitions of ~4k rows, each an HNSW graph over 8-bit quantised vectors; a query walks the
+# graphs of the NPROBES partitions nearest to it. benchmarks/query.py measures recall and latency.
 ROWS_PER_PARTITION = 4096
-NPROBES = 24  # partitions searched per query: recall against latency, see benchmarks/query.py
-REFINE_FACTOR = 4  # re-rank k * this candidates with full vectors
+NPROBES = 64
+HNSW_EF = 300  # candidates kept while walking a graph: recall against latency
+REFINE_FACTOR = 4  # re-rank k * this candidates with the full-precision vectors
 CAPTION_FILTER = "caption_vector IS NOT NULL"
 
 
@@ -172,7 +175,7 @@ class Collection:
         if min_score is not None:
             query = query.distance_range(upper_bound=1.0 - min_score)
         if column == "vector" and self.has_index():
-            query = query.nprobes(NPROBES).refine_factor(REFINE_FACTOR)
+            query = query.nprobes(NPROBES).ef(HNSW_EF).refine_factor(REFINE_FACTOR)
         try:
             rows = query.to_arrow().to_pylist()
         except ValueError as exc:

@@ -1,22 +1,23 @@
-"""The clipdex command line: each command parses, builds, calls the library, and formats."""
+"""The clipdex command line: each command parses, builds, calls the library, and formats.
+
+The library (LanceDB, torch) is imported inside the commands that use it, so that a query sent
+to a running server (--server) starts in a fraction of a second.
+"""
 
 from __future__ import annotations
 
 import json
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-from rich.progress import Progress as RichProgress
 
-import models
 from models import PRECISIONS, Fingerprint, ModelError
 from pipeline.captions import read_manifest
-from pipeline.config import Settings, load_settings
+from pipeline.client import Client
+from pipeline.config import TARGETS, Settings, load_settings
 from pipeline.errors import ClipdexError
-from pipeline.ingest import Progress
-from pipeline.library import TARGETS, Clipdex, collection_info, embed_image_file, encoder_spec
 from pipeline.render import (
     failure_lines,
     hits_jsonl,
@@ -27,7 +28,13 @@ from pipeline.render import (
     stats_dict,
     stats_text,
 )
-from storage import Collection, CollectionNotFound, Hit, StorageError
+from storage import CollectionNotFound, Hit, StorageError
+
+if TYPE_CHECKING:
+    from pipeline.ingest import Progress
+    from pipeline.library import Clipdex
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 F = Callable[..., Any]
 
@@ -67,8 +74,9 @@ def model_options(f: F) -> F:
 
 
 def query_options(f: F) -> F:
-    """-k, --where, --min-score and the output format."""
+    """-k, --where, --min-score, the output format and --server."""
     options = [
+        click.option("--server", help="Ask a running `clipdex serve` at this URL [env CLIPDEX_SERVER]."),
         click.option("--paths", "as_paths", is_flag=True, help="Print only paths, one per line."),
         click.option("--json", "as_json", is_flag=True, help="Print JSON lines, best first."),
         click.option("--min-score", type=float, help="Drop results below this cosine similarity."),
@@ -84,9 +92,15 @@ def _settings(config_file: str | None, **flags: Any) -> Settings:
     return load_settings(config_file).override(**flags)
 
 
-def _open(create: bool = False, **flags: Any) -> Clipdex:
-    config_file = flags.pop("config_file", None)
-    return Clipdex.open(settings=_settings(config_file, **flags), create=create)
+def _open(create: bool = False, settings: Settings | None = None, **flags: Any) -> Clipdex:
+    from pipeline.library import Clipdex  # noqa: PLC0415 - see the module docstring
+
+    settings = settings or _settings(flags.pop("config_file", None), **flags)
+    return Clipdex.open(settings=settings, create=create)
+
+
+def _client(settings: Settings) -> Client | None:
+    return Client(settings.server, settings.token) if settings.server else None
 
 
 @click.group(cls=_Group)
@@ -141,10 +155,17 @@ def ingest(
 @query_options
 def search(text: str, target: str, k: int | None, where: str | None, min_score: float | None, **flags: Any) -> None:
     """Images that match TEXT, best first."""
-    as_json, as_paths = flags.pop("as_json"), flags.pop("as_paths")
-    lib = _open(**flags)
-    hits = lib.search(text, k=k, where=where, min_score=min_score, target=target)
-    _print_hits(hits, as_json, as_paths, min_score)
+    as_json, as_paths, server = flags.pop("as_json"), flags.pop("as_paths"), flags.pop("server")
+    settings = _settings(flags.pop("config_file"), server=server, **flags)
+    client = _client(settings)
+    if client is not None:
+        if not text.strip():
+            raise ClipdexError("the search text is empty; give some words, e.g. clipdex search 'a dog'")
+        params = {"k": k or settings.k, "where": where, "min_score": _floor(min_score, settings), "target": target}
+        hits = client.search(text, **params)
+    else:
+        hits = _open(settings=settings).search(text, k=k, where=where, min_score=min_score, target=target)
+    _print_hits(hits, as_json, as_paths, _floor(min_score, settings))
 
 
 @cli.command()
@@ -162,13 +183,17 @@ def similar(
     """Images like IMAGE (a file anywhere on disk) or like a stored image (--id)."""
     if (image is None) == (image_id is None):
         raise click.UsageError("give an IMAGE file or --id ID, not both or neither")
-    as_json, as_paths = flags.pop("as_json"), flags.pop("as_paths")
-    lib = _open(**flags)
-    if image_id is not None:
-        hits = lib.similar_to(image_id, k=k, where=where, min_score=min_score)
+    as_json, as_paths, server = flags.pop("as_json"), flags.pop("as_paths"), flags.pop("server")
+    settings = _settings(flags.pop("config_file"), server=server, **flags)
+    client = _client(settings)
+    params: dict[str, Any] = {"k": k or settings.k, "where": where, "min_score": _floor(min_score, settings)}
+    if client is not None:
+        hits = client.similar_to(image_id, **params) if image_id is not None else client.similar(str(image), **params)
+    elif image_id is not None:
+        hits = _open(settings=settings).similar_to(image_id, k=k, where=where, min_score=min_score)
     else:
-        hits = lib.similar(str(image), k=k, where=where, min_score=min_score)
-    _print_hits(hits, as_json, as_paths, min_score)
+        hits = _open(settings=settings).similar(str(image), k=k, where=where, min_score=min_score)
+    _print_hits(hits, as_json, as_paths, _floor(min_score, settings))
 
 
 @cli.command()
@@ -180,6 +205,9 @@ def embed(text: str | None, image: str | None, as_json: bool, **flags: Any) -> N
     """Print the vector of a text or an image file, as JSON."""
     if (text is None) == (image is None):
         raise click.UsageError("give --text TEXT or --image PATH, not both or neither")
+    import models  # noqa: PLC0415 - see the module docstring
+    from pipeline.library import embed_image_file, encoder_spec  # noqa: PLC0415
+
     settings = _settings(flags.pop("config_file"), **flags)
     stored = _stored_fingerprint(settings)
     encoder = models.load_encoder(encoder_spec(settings, stored))
@@ -196,6 +224,8 @@ def embed(text: str | None, image: str | None, as_json: bool, **flags: Any) -> N
 @db_options
 def info(as_json: bool, db: str | None, config_file: str | None) -> None:
     """Counts, the model and the location of the collection."""
+    from pipeline.library import collection_info  # noqa: PLC0415 - see the module docstring
+
     stats = collection_info(settings=_settings(config_file, db=db))
     if as_json:
         click.echo(json.dumps(stats_dict(stats), ensure_ascii=False))
@@ -208,6 +238,8 @@ def info(as_json: bool, db: str | None, config_file: str | None) -> None:
 @db_options
 def failures(as_json: bool, db: str | None, config_file: str | None) -> None:
     """Files that could not be ingested, and why."""
+    from storage import Collection  # noqa: PLC0415 - see the module docstring
+
     collection = Collection.open(_settings(config_file, db=db).db_uri)
     found = collection.failures()
     if as_json:
@@ -219,11 +251,34 @@ def failures(as_json: bool, db: str | None, config_file: str | None) -> None:
         click.echo("no failures", err=True)
 
 
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535), help="TCP port.")
+@click.option("--token", help="Require this token on every request [env CLIPDEX_TOKEN].")
+@model_options
+def serve(host: str, port: int, token: str | None, **flags: Any) -> None:
+    """Serve the HTTP API and the web page, with the model loaded once."""
+    from pipeline.server import serve as run_server  # noqa: PLC0415 - see the module docstring
+
+    settings = _settings(flags.pop("config_file"), token=token, **flags)
+    if host not in LOOPBACK and not settings.token:
+        raise click.UsageError(f"--host {host} is reachable from other machines: set --token or CLIPDEX_TOKEN")
+    lib = _open(settings=settings)
+    click.echo(f"serving {lib.collection.uri} at http://{host}:{port}/ (Ctrl-C stops)", err=True)
+    run_server(lib, host, port, settings.token)
+
+
 def _stored_fingerprint(settings: Settings) -> Fingerprint | None:
+    from storage import Collection  # noqa: PLC0415 - see the module docstring
+
     try:
         return Fingerprint.from_json(Collection.open(settings.db_uri).model)
     except CollectionNotFound:
         return None
+
+
+def _floor(min_score: float | None, settings: Settings) -> float | None:
+    return settings.min_score if min_score is None else min_score
 
 
 def _print_hits(hits: list[Hit], as_json: bool, as_paths: bool, min_score: float | None) -> None:
@@ -249,6 +304,8 @@ class _progress_bar:
     def __enter__(self) -> Callable[[Progress], None] | None:
         if not sys.stderr.isatty():
             return None
+        from rich.progress import Progress as RichProgress  # noqa: PLC0415 - only on terminals
+
         self._bar = RichProgress(transient=True)
         self._bar.start()
         return self._update

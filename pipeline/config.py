@@ -15,6 +15,7 @@ from pipeline.errors import ConfigError
 
 DEFAULT_MAX_PIXELS = 200_000_000
 DEFAULT_K = 10
+TARGETS = ("image", "caption", "both")  # which vectors a text query matches
 DEFAULT_INDEX_THRESHOLD = 100_000
 ENV_PREFIX = "CLIPDEX_"
 USER_CONFIG = Path(platformdirs.user_config_dir("clipdex")) / "config.toml"
@@ -42,6 +43,8 @@ class Settings:
     index_threshold: int = DEFAULT_INDEX_THRESHOLD  # images before an ANN index replaces exact search
     k: int = DEFAULT_K
     min_score: float | None = None
+    server: str | None = None  # URL of a running `clipdex serve` for search and similar
+    token: str | None = None  # the token that server requires, or that `clipdex serve` sets
 
     @property
     def db_uri(self) -> str:
@@ -113,6 +116,6 @@ def _convert(name: str, raw: Any) -> Any:
     if name in ("include", "exclude"):
         parts = raw.split(",") if isinstance(raw, str) else raw
         return tuple(str(p).strip() for p in parts if str(p).strip())
-    if name in ("model", "pretrained"):
+    if name in ("model", "pretrained", "server", "token"):
         return str(raw) or None
     return str(raw)

@@ -86,20 +86,25 @@ def decode_file(path: str, transform: ImageTransform, max_pixels: int) -> Decode
             data = f.read()
     except OSError as exc:
         return DecodeFailed(path, f"cannot read: {exc.strerror or exc}; check that the file exists and is readable")
+    return decode_bytes(path, data, transform, max_pixels)
+
+
+def decode_bytes(name: str, data: bytes, transform: ImageTransform, max_pixels: int) -> Decoded | DecodeFailed:
+    """Decode an image held in memory (a file's bytes, an upload); never raises for bad bytes."""
     if not data:
-        return DecodeFailed(path, "empty file (0 bytes)")
+        return DecodeFailed(name, "empty file (0 bytes)")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # Pillow warns about odd palettes and EXIF; we judge by results
         try:
-            return _decode(path, data, transform, max_pixels)
+            return _decode(name, data, transform, max_pixels)
         except UnidentifiedImageError:
-            return DecodeFailed(path, f"not an image clipdex can read ({FORMATS_HELP})")
+            return DecodeFailed(name, f"not an image clipdex can read ({FORMATS_HELP})")
         except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as exc:
-            return DecodeFailed(path, f"corrupt or truncated image: {_first_line(exc)}")
+            return DecodeFailed(name, f"corrupt or truncated image: {_first_line(exc)}")
         except MemoryError:
-            return DecodeFailed(path, "out of memory while decoding; lower --max-pixels or --workers")
+            return DecodeFailed(name, "out of memory while decoding; lower --max-pixels or --workers")
         except Exception as exc:  # a decoder bug must not stop the batch
-            return DecodeFailed(path, f"decoder error {type(exc).__name__}: {_first_line(exc)}")
+            return DecodeFailed(name, f"decoder error {type(exc).__name__}: {_first_line(exc)}")
 
 
 def _decode(path: str, data: bytes, transform: ImageTransform, max_pixels: int) -> Decoded | DecodeFailed:

@@ -12,14 +12,13 @@ import numpy as np
 import models
 from models import DEFAULT_MODEL, DEFAULT_PRETRAINED, Encoder, EncoderSpec, Fingerprint
 from pipeline.captions import read_manifest
-from pipeline.config import Settings, load_settings
+from pipeline.config import TARGETS, Settings, load_settings
 from pipeline.decode import DecodeFailed, decode_file
 from pipeline.errors import BadQueryImage, ClipdexError, InputNotFound, ModelMismatch
 from pipeline.ingest import Ingester, IngestOptions, IngestReport, ProgressFn
 from pipeline.workers import default_workers
 from storage import Collection, CollectionNotFound, Hit, Stats
 
-TARGETS = ("image", "caption", "both")
 TEXT_CACHE_SIZE = 1024
 _COLUMNS = {"image": ("vector",), "caption": ("caption_vector",), "both": ("vector", "caption_vector")}
 

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pipeline.ingest import IngestReport
-from storage import Failure, Hit, Stats
+from storage.records import Failure, Hit, Stats
+
+if TYPE_CHECKING:
+    from pipeline.ingest import IngestReport
 
 CAPTION_WIDTH = 50
 MAX_FAILURES_SHOWN = 20

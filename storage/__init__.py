@@ -2,10 +2,25 @@
 
 from __future__ import annotations
 
-from storage.collection import Collection
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from storage.errors import BadFilter, CollectionNotFound, CollectionUnreadable, StorageError
 from storage.records import CaptionUpdate, Failure, FileState, Hit, ImageRecord, Moved, Stats
-from storage.schema import SCHEMA_VERSION
+
+if TYPE_CHECKING:
+    from storage.collection import Collection as Collection
+    from storage.schema import SCHEMA_VERSION as SCHEMA_VERSION
+
+# LanceDB and Arrow load on first use (about 2 s): a CLI query sent to a server never needs them.
+_LAZY = {"Collection": "storage.collection", "SCHEMA_VERSION": "storage.schema"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'storage' has no attribute {name!r}")
+
 
 __all__ = [
     "SCHEMA_VERSION",

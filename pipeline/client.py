@@ -1,0 +1,107 @@
+"""Asking a running `clipdex serve` instead of loading the model: the CLI's --server path.
+
+Only the standard library and light modules are imported here, so a query costs no model load,
+no torch, and no LanceDB import.
+"""
+
+from __future__ import annotations
+
+import json
+import mimetypes
+import os
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
+from datetime import datetime
+from typing import Any
+
+from pipeline.errors import ClipdexError, InputNotFound
+from storage.records import Hit
+
+TIMEOUT_S = 60.0
+
+
+class Client:
+    """A clipdex server at a base URL, optionally with a token."""
+
+    def __init__(self, url: str, token: str | None = None) -> None:
+        self.url = url.rstrip("/")
+        self.token = token
+
+    def search(self, text: str, **params: Any) -> list[Hit]:
+        """Images that match a text, best first."""
+        return self._hits(self._call("GET", "/api/search", {"q": text, **params}))
+
+    def similar_to(self, image_id: str, **params: Any) -> list[Hit]:
+        """Images like a stored image."""
+        return self._hits(self._call("GET", f"/api/similar/{urllib.parse.quote(image_id)}", params))
+
+    def similar(self, path: str, **params: Any) -> list[Hit]:
+        """Images like an image file, which is uploaded."""
+        path = os.path.abspath(os.path.expanduser(path))
+        if not os.path.isfile(path):
+            raise InputNotFound(f"{path} does not exist; give the path of an image file")
+        with open(path, "rb") as f:
+            data = f.read()
+        return self._hits(self._call("POST", "/api/similar", params, upload=(os.path.basename(path), data)))
+
+    def _call(
+        self, method: str, path: str, params: dict[str, Any], upload: tuple[str, bytes] | None = None
+    ) -> dict[str, Any]:
+        query = {k: v for k, v in params.items() if v is not None}
+        url = f"{self.url}{path}?{urllib.parse.urlencode(query)}"
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        body = None
+        if upload is not None:
+            body, content_type = _multipart(*upload)
+            headers["Content-Type"] = content_type
+        request = urllib.request.Request(url, data=body, method=method, headers=headers)
+        try:
+            with urllib.request.urlopen(request, timeout=TIMEOUT_S) as response:
+                data: dict[str, Any] = json.load(response)
+                return data
+        except urllib.error.HTTPError as exc:
+            detail = _detail(exc)
+            raise ClipdexError(f"--server {self.url}: {detail}") from exc
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise ClipdexError(
+                f"--server {self.url}: cannot connect ({reason}); start it with `clipdex serve`, or drop --server"
+            ) from exc
+
+    @staticmethod
+    def _hits(data: dict[str, Any]) -> list[Hit]:
+        return [
+            Hit(
+                id=h["id"],
+                path=h["path"],
+                score=h["score"],
+                caption=h["caption"],
+                width=h["width"],
+                height=h["height"],
+                format=h["format"],
+                taken_at=datetime.fromisoformat(h["taken_at"]) if h.get("taken_at") else None,
+            )
+            for h in data["hits"]
+        ]
+
+
+def _detail(exc: urllib.error.HTTPError) -> str:
+    try:
+        detail = json.loads(exc.read()).get("detail")
+    except (ValueError, AttributeError):
+        detail = None
+    if isinstance(detail, list):  # FastAPI's validation errors
+        detail = "; ".join(f"{'.'.join(map(str, d.get('loc', [])))}: {d.get('msg')}" for d in detail)
+    return f"{exc.code} {detail or exc.reason}"
+
+
+def _multipart(filename: str, data: bytes) -> tuple[bytes, str]:
+    boundary = uuid.uuid4().hex
+    kind = mimetypes.guess_type(filename)[0] or "application/octet-stream"
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{filename}"\r\n'
+        f"Content-Type: {kind}\r\n\r\n"
+    ).encode()
+    return head + data + f"\r\n--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"

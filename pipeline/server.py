@@ -28,7 +28,7 @@ from pydantic import BaseModel
 
 from models import ModelError
 from pipeline.config import TARGETS
-from pipeline.decode import DecodeFailed, decode_bytes
+from pipeline.decode import DecodeFailed, decode_bytes, to_rgb
 from pipeline.errors import ClipdexError
 from pipeline.library import Clipdex
 from pipeline.render import hit_dict, stats_dict
@@ -182,7 +182,7 @@ def _make_thumbnail(source: Path, target: Path, size: int) -> None:
     try:
         with Image.open(source) as image:
             image.draft("RGB", (size, size))
-            thumb = ImageOps.exif_transpose(image).convert("RGB")
+            thumb = to_rgb(ImageOps.exif_transpose(image))  # alpha onto white, 16-bit scaled
             thumb.thumbnail((size, size))
     except (OSError, ValueError) as exc:
         raise HTTPException(410, f"{source} cannot be read any more ({exc}); run clipdex ingest") from exc

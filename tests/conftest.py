@@ -4,12 +4,20 @@ from __future__ import annotations
 
 import os
 import re
+import socket
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import uvicorn
 from click.testing import CliRunner, Result
 
+from pipeline import Clipdex
 from pipeline.cli import cli
+from pipeline.config import Settings
+from pipeline.server import create_app
 from tests import corpus
 from tests.tiny_model import tiny_model_dir
 
@@ -52,6 +60,38 @@ def photos(tmp_path: Path) -> Path:
 def db(tmp_path: Path) -> str:
     """Where the test's collection lives."""
     return str(tmp_path / "db")
+
+
+@pytest.fixture
+def lib(photos: Path, db: str, tiny_model: str) -> Clipdex:
+    library = Clipdex.open(db, model=tiny_model, create=True, settings=Settings(workers=0))
+    library.ingest([photos / "good"])
+    return library
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def live_server(lib: Clipdex, tmp_path: Path) -> Iterator[str]:
+    """uvicorn on a free loopback port, in a thread of this process."""
+    port = free_port()
+    config = uvicorn.Config(
+        create_app(lib, thumbnails=tmp_path / "thumbs"), host="127.0.0.1", port=port, log_level="error"
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        assert time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(timeout=10)
 
 
 def run(*args: str, ok: bool = True) -> Result:

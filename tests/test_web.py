@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 
 from pipeline import Clipdex
-from tests.test_server import free_port, live_server, lib  # noqa: F401 - fixtures
 
 playwright = pytest.importorskip("playwright.sync_api")
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -39,7 +38,7 @@ def test_type_a_query_drop_an_image_and_ask_for_more_like_this(
     page: object,
     live_server: str,
     lib: Clipdex,
-    photos: Path,  # noqa: F811
+    photos: Path,
 ) -> None:
     tab = page  # a playwright Page
     tab.goto(live_server + "/")  # type: ignore[attr-defined]

@@ -182,3 +182,17 @@ def test_out_of_memory_halves_the_batch_and_retries(tiny_model: str, monkeypatch
     monkeypatch.setattr(encoder, "_encode_pixels", small_memory)
     assert np.allclose(encoder.embed_pixels(pixels), expected, atol=1e-5)
     assert encoder.batch_size == 4
+
+
+def test_jpeg_draft_decoding_keeps_vectors_close(encoder: models.OpenClipEncoder, tmp_path: Path) -> None:
+    """Draft (DCT-scaled) decoding of a large JPEG against a full decode: cosine >= 0.99."""
+    for seed in range(3):
+        path = corpus.large_jpeg(tmp_path / f"big{seed}.jpg", megapixels=2.0, seed=seed)
+        drafted = decode_file(str(path), encoder.transform, 10**9)
+        assert not hasattr(drafted, "reason"), drafted
+        with Image.open(path) as im:
+            im.load()
+            full = encoder.transform.to_pixels(to_rgb(im))
+        a = encoder.embed_pixels(drafted.pixels[None])[0]  # type: ignore[union-attr,index]
+        b = encoder.embed_pixels(full[None])[0]
+        assert float(a @ b) >= 0.99

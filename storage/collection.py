@@ -322,9 +322,12 @@ def _refuse_file(uri: str) -> None:
 
 
 def _bad_filter(where: str | None, exc: Exception) -> str:
+    reason = _first_line(exc)
+    if "Valid fields" in reason:  # LanceDB already names the columns
+        return f"--where {where!r}: {reason}"
     return (
-        f"--where {where!r}: {_first_line(exc)}; filter on id, path, size, mtime_ns, width, height, format, "
-        "taken_at, description, caption, caption_source, ingested_at"
+        f"--where {where!r}: {reason}; filter on id, path, size, mtime_ns, width, height, format, "
+        "taken_at, description, caption, caption_source, ingested_at (SQL, strings in single quotes)"
     )
 
 

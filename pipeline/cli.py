@@ -18,6 +18,7 @@ from pipeline.captions import read_manifest
 from pipeline.client import Client
 from pipeline.config import TARGETS, Settings, load_settings
 from pipeline.errors import ClipdexError
+from pipeline.query import Term, parse_terms
 from pipeline.render import (
     failure_lines,
     hits_jsonl,
@@ -150,21 +151,43 @@ def ingest(
 
 
 @cli.command()
-@click.argument("text")
+@click.argument("query", nargs=-1, required=True)
+@click.option("--like", multiple=True, type=click.Path(), help="Also towards this image file (repeatable).")
+@click.option("--unlike", multiple=True, type=click.Path(), help="Away from this image file (repeatable).")
+@click.option("--not", "not_", multiple=True, help="Away from this text (repeatable).")
 @click.option("--target", type=click.Choice(TARGETS), default="image", show_default=True, help="Vectors to match.")
 @query_options
-def search(text: str, target: str, k: int | None, where: str | None, min_score: float | None, **flags: Any) -> None:
-    """Images that match TEXT, best first."""
+def search(
+    query: tuple[str, ...],
+    like: tuple[str, ...],
+    unlike: tuple[str, ...],
+    not_: tuple[str, ...],
+    target: str,
+    k: int | None,
+    where: str | None,
+    min_score: float | None,
+    **flags: Any,
+) -> None:
+    """Images that match QUERY, best first.
+
+    QUERY is a text, or texts and image files joined by + and - (weights as W:term):
+    clipdex search beach + ./photo.jpg - crowd
+    """
     as_json, as_paths, server = flags.pop("as_json"), flags.pop("as_paths"), flags.pop("server")
     settings = _settings(flags.pop("config_file"), server=server, **flags)
+    terms = parse_terms(query)
+    terms += [Term(p, 1.0, "image") for p in like] + [Term(p, -1.0, "image") for p in unlike]
+    terms += [Term(t, -1.0, "text") for t in not_]
+    plain_text = len(terms) == 1 and terms[0].kind == "text" and terms[0].weight == 1.0
     client = _client(settings)
     if client is not None:
-        if not text.strip():
-            raise ClipdexError("the search text is empty; give some words, e.g. clipdex search 'a dog'")
+        if not plain_text:
+            raise ClipdexError("--server takes plain text searches so far; drop --server to mix images, + and -")
         params = {"k": k or settings.k, "where": where, "min_score": _floor(min_score, settings), "target": target}
-        hits = client.search(text, **params)
+        hits = client.search(terms[0].value, **params)
     else:
-        hits = _open(settings=settings).search(text, k=k, where=where, min_score=min_score, target=target)
+        lib = _open(settings=settings)
+        hits = lib.query(terms, k=k, where=where, min_score=min_score, target=target)
     _print_hits(hits, as_json, as_paths, _floor(min_score, settings))
 
 

@@ -16,6 +16,7 @@ from pipeline.config import TARGETS, Settings, load_settings
 from pipeline.decode import DecodeFailed, decode_file
 from pipeline.errors import BadQueryImage, ClipdexError, InputNotFound, ModelMismatch
 from pipeline.ingest import Ingester, IngestOptions, IngestReport, ProgressFn
+from pipeline.query import Term
 from pipeline.workers import default_workers
 from storage import Collection, CollectionNotFound, Hit, Stats
 
@@ -136,6 +137,48 @@ class Clipdex:
         if not text.strip():
             raise ClipdexError("the search text is empty; give some words, e.g. clipdex search 'a dog'")
         return self.search_vector(self.embed_text(text), k=k, where=where, min_score=min_score, target=target)
+
+    def query(
+        self,
+        terms: Sequence[Term],
+        *,
+        k: int | None = None,
+        where: str | None = None,
+        min_score: float | None = None,
+        target: str = "image",
+    ) -> list[Hit]:
+        """Images that match a weighted mix of texts, image files and stored images, best first.
+
+        >>> lib.query([Term("beach"), Term("photo.jpg", kind="image"), Term("crowd", -1.0)])
+
+        Stored images named by id are left out of the results.
+        """
+        vector = self.query_vector(terms)
+        ids = [t.value for t in terms if t.kind == "id"]
+        return self.search_vector(vector, k=k, where=where, min_score=min_score, target=target, exclude_ids=ids)
+
+    def query_vector(self, terms: Sequence[Term]) -> np.ndarray:
+        """The unit vector of a weighted sum of the terms' vectors."""
+        if not terms:
+            raise ClipdexError("the query has no terms; give some words or an image")
+        total = np.zeros(self.encoder.dimension, np.float32)
+        for term in terms:
+            total += term.weight * self._term_vector(term)
+        norm = float(np.linalg.norm(total))
+        if norm < 1e-6:
+            raise ClipdexError("the query's terms cancel each other out; change a weight or drop a term")
+        result: np.ndarray = total / norm
+        return result
+
+    def _term_vector(self, term: Term) -> np.ndarray:
+        if term.kind == "image":
+            return self.embed_image(term.value)
+        if term.kind == "id":
+            record = self.collection.get(term.value)
+            if record is None:
+                raise InputNotFound(f"--id {term.value}: no image with this id; ids are in search --json output")
+            return record.vector
+        return self.embed_text(term.value)
 
     def similar(
         self,

@@ -15,11 +15,15 @@ import click
 
 from models import PRECISIONS, Fingerprint, ModelError
 from pipeline.captions import read_manifest
+from pipeline.classify import DEFAULT_PROMPT
+from pipeline.classify import classify as run_classify
 from pipeline.client import Client
 from pipeline.config import TARGETS, Settings, load_settings
+from pipeline.duplicates import BURST_SECONDS, NEAR, SIMILAR, find_duplicates
 from pipeline.errors import ClipdexError
 from pipeline.query import Term, parse_terms
 from pipeline.render import (
+    align_rows,
     failure_lines,
     hits_jsonl,
     hits_paths,
@@ -156,6 +160,8 @@ def ingest(
 @click.option("--unlike", multiple=True, type=click.Path(), help="Away from this image file (repeatable).")
 @click.option("--not", "not_", multiple=True, help="Away from this text (repeatable).")
 @click.option("--target", type=click.Choice(TARGETS), default="image", show_default=True, help="Vectors to match.")
+@click.option("--within", type=float, help="Keep results scoring at most this much below the best one.")
+@click.option("--honest", is_flag=True, help="Drop results that a generic caption ('a photo') fits as well.")
 @query_options
 def search(
     query: tuple[str, ...],
@@ -163,6 +169,8 @@ def search(
     unlike: tuple[str, ...],
     not_: tuple[str, ...],
     target: str,
+    within: float | None,
+    honest: bool,
     k: int | None,
     where: str | None,
     min_score: float | None,
@@ -181,14 +189,16 @@ def search(
     plain_text = len(terms) == 1 and terms[0].kind == "text" and terms[0].weight == 1.0
     client = _client(settings)
     if client is not None:
-        if not plain_text:
-            raise ClipdexError("--server takes plain text searches so far; drop --server to mix images, + and -")
+        if not plain_text or within is not None or honest:
+            raise ClipdexError(
+                "--server takes plain text searches so far; drop --server to mix images, + and -, --within, --honest"
+            )
         params = {"k": k or settings.k, "where": where, "min_score": _floor(min_score, settings), "target": target}
         hits = client.search(terms[0].value, **params)
     else:
         lib = _open(settings=settings)
-        hits = lib.query(terms, k=k, where=where, min_score=min_score, target=target)
-    _print_hits(hits, as_json, as_paths, _floor(min_score, settings))
+        hits = lib.query(terms, k=k, where=where, min_score=min_score, target=target, within=within, honest=honest)
+    _print_hits(hits, as_json, as_paths, _floor(min_score, settings), honest)
 
 
 @cli.command()
@@ -275,6 +285,87 @@ def failures(as_json: bool, db: str | None, config_file: str | None) -> None:
 
 
 @cli.command()
+@click.option("--near", type=click.FloatRange(0, 1), default=NEAR, show_default=True, help="Cosine for 'near'.")
+@click.option("--similar", type=click.FloatRange(0, 1), default=SIMILAR, show_default=True, help="Cosine for shots.")
+@click.option("--burst", type=float, default=BURST_SECONDS, show_default=True, help="Seconds between burst shots.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per group.")
+@db_options
+def duplicates(
+    near: float, similar: float, burst: float, as_json: bool, db: str | None, config_file: str | None
+) -> None:
+    """Groups of duplicates: exact (same bytes), near (re-encodes, resizes), similar shots (bursts)."""
+    from storage import Collection  # noqa: PLC0415 - see the module docstring
+
+    collection = Collection.open(_settings(config_file, db=db).db_uri)
+    groups = find_duplicates(collection, near=near, similar=similar, burst_seconds=burst)
+    if not groups:
+        click.echo("no duplicates", err=True)
+    for group in groups:
+        if as_json:
+            members = [
+                {"id": m.id, "path": m.path, "width": m.width, "height": m.height, "score": m.score}
+                for m in group.members
+            ]
+            click.echo(
+                json.dumps({"tier": group.tier, "keeper": group.keeper.path, "members": members}, ensure_ascii=False)
+            )
+        else:
+            click.echo(f"{group.tier} ({len(group.members)}): keep {group.keeper.path}")
+            for m in group.members:
+                click.echo(f"  {m.score:.4f}  {m.width}x{m.height}  {m.path}")
+
+
+@cli.command()
+@click.option("--labels", required=True, help="Comma-separated labels, e.g. 'cat,dog,car'.")
+@click.option("--prompt", default=DEFAULT_PROMPT, show_default=True, help="Text around each label; {} is the label.")
+@click.option("--store", "column", help="Keep the tags in this column (and COLUMN_score), for --where.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON lines.")
+@model_options
+def classify(labels: str, prompt: str, column: str | None, as_json: bool, **flags: Any) -> None:
+    """Tag every image with the best of LABELS (zero-shot), optionally storing the tags."""
+    lib = _open(**flags)
+    tags = run_classify(lib.collection, lib.encoder, labels.split(","), prompt=prompt, store=column)
+    if as_json:
+        for t in tags:
+            click.echo(json.dumps({"id": t.id, "path": t.path, "label": t.label, "score": t.score}, ensure_ascii=False))
+    else:
+        click.echo(align_rows([("label", "score", "path")] + [(t.label, f"{t.score:.4f}", t.path) for t in tags]))
+    if column:
+        click.echo(
+            f"stored in {column} and {column}_score; e.g. --where \"{column} = '{tags[0].label if tags else 'x'}'\"",
+            err=True,
+        )
+
+
+@cli.command(name="eval")
+@click.argument("folder", type=click.Path(exists=True, file_okay=False))
+@click.option("--captions", type=click.Path(exists=True, dir_okay=False), help="CSV or JSON Lines of path,caption.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@model_options
+def evaluate_command(folder: str, captions: str | None, as_json: bool, **flags: Any) -> None:
+    """Recall@1/5/10 text-to-image and image-to-text on a captioned FOLDER, to compare models."""
+    import models  # noqa: PLC0415 - see the module docstring
+    from pipeline.evaluate import evaluate  # noqa: PLC0415
+    from pipeline.library import encoder_spec  # noqa: PLC0415
+
+    settings = _settings(flags.pop("config_file"), **flags)
+    encoder = models.load_encoder(encoder_spec(settings))
+    report = evaluate(
+        encoder, folder, captions=read_manifest(captions) if captions else None, workers=settings.workers or 0
+    )
+    if as_json:
+        data = {"model": report.model, "images": report.images}
+        data |= {f"text_to_image_R@{k}": v for k, v in report.text_to_image.items()}
+        data |= {f"image_to_text_R@{k}": v for k, v in report.image_to_text.items()}
+        click.echo(json.dumps(data))
+    else:
+        rows = [("direction", *(f"R@{k}" for k in report.text_to_image))]
+        rows.append(("text -> image", *(f"{v:.3f}" for v in report.text_to_image.values())))
+        rows.append(("image -> text", *(f"{v:.3f}" for v in report.image_to_text.values())))
+        click.echo(f"{report.model}, {report.images} captioned images\n{align_rows(rows)}")
+
+
+@cli.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535), help="TCP port.")
 @click.option("--token", help="Require this token on every request [env CLIPDEX_TOKEN].")
@@ -304,10 +395,13 @@ def _floor(min_score: float | None, settings: Settings) -> float | None:
     return settings.min_score if min_score is None else min_score
 
 
-def _print_hits(hits: list[Hit], as_json: bool, as_paths: bool, min_score: float | None) -> None:
+def _print_hits(hits: list[Hit], as_json: bool, as_paths: bool, min_score: float | None, honest: bool = False) -> None:
     if not hits:
         floor = f" at or above score {min_score}" if min_score is not None else ""
-        click.echo(f"no matches{floor}", err=True)
+        click.echo(
+            f"no good match{floor} (no image fits better than a generic caption)" if honest else f"no matches{floor}",
+            err=True,
+        )
         return
     if as_json:
         click.echo(hits_jsonl(hits))

@@ -21,6 +21,8 @@ from pipeline.workers import default_workers
 from storage import Collection, CollectionNotFound, Hit, Stats
 
 TEXT_CACHE_SIZE = 1024
+# Captions that fit any picture: a result must match the query better than these to count.
+GENERIC_CAPTIONS = ("a photo", "an image", "a picture", "a photo of something", "a blurry photo")
 _COLUMNS = {"image": ("vector",), "caption": ("caption_vector",), "both": ("vector", "caption_vector")}
 
 
@@ -146,16 +148,32 @@ class Clipdex:
         where: str | None = None,
         min_score: float | None = None,
         target: str = "image",
+        within: float | None = None,
+        honest: bool = False,
     ) -> list[Hit]:
         """Images that match a weighted mix of texts, image files and stored images, best first.
 
         >>> lib.query([Term("beach"), Term("photo.jpg", kind="image"), Term("crowd", -1.0)])
 
-        Stored images named by id are left out of the results.
+        Stored images named by id are left out of the results. within keeps hits scoring at most
+        that much below the best one; honest drops images that match a generic caption ("a photo")
+        at least as well as the query's texts, so an unrelated result is not shown as a match.
         """
         vector = self.query_vector(terms)
         ids = [t.value for t in terms if t.kind == "id"]
-        return self.search_vector(vector, k=k, where=where, min_score=min_score, target=target, exclude_ids=ids)
+        hits = self.search_vector(vector, k=k, where=where, min_score=min_score, target=target, exclude_ids=ids)
+        if within is not None and hits:
+            hits = [h for h in hits if h.score >= hits[0].score - within]
+        if honest and hits and any(t.kind == "text" and t.weight > 0 for t in terms):
+            hits = self._beat_the_baseline(hits, vector)
+        return hits
+
+    def _beat_the_baseline(self, hits: list[Hit], vector: np.ndarray) -> list[Hit]:
+        """Hits closer to the query than to any generic caption: the query says something about them."""
+        generic = np.stack([self.embed_text(text) for text in GENERIC_CAPTIONS])
+        ids, vectors = self.collection.vectors([h.id for h in hits])
+        baseline = dict(zip(ids, (vectors @ generic.T).max(axis=1), strict=True))
+        return [h for h in hits if float(vectors[ids.index(h.id)] @ vector) > baseline[h.id]]
 
     def query_vector(self, terms: Sequence[Term]) -> np.ndarray:
         """The unit vector of a weighted sum of the terms' vectors."""

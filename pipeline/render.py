@@ -47,7 +47,7 @@ def hits_table(hits: Sequence[Hit]) -> str:
         if len(caption) > CAPTION_WIDTH:
             caption = caption[: CAPTION_WIDTH - 1] + "…"
         rows.append((f"{h.score:.4f}", f"{h.width}x{h.height}", h.id, h.path, caption))
-    return _align(rows)
+    return align_rows(rows)
 
 
 def report_text(report: IngestReport, db: str) -> str:
@@ -110,9 +110,10 @@ def stats_text(stats: Stats, model_label: str) -> str:
         ("failures", str(stats.failures)),
         ("schema", str(stats.schema_version)),
     ]
-    return _align(rows)
+    return align_rows(rows)
 
 
-def _align(rows: Sequence[Sequence[str]]) -> str:
+def align_rows(rows: Sequence[Sequence[str]]) -> str:
+    """Aligned columns, each cell padded to its column's width."""
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows)

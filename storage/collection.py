@@ -146,6 +146,36 @@ class Collection:
         """The image stored at this path, with its vectors."""
         return self._one(f"path = {_sql_str(path)}")
 
+    def vectors(self, ids: Sequence[str] = ()) -> tuple[list[str], np.ndarray]:
+        """(ids, image vectors as an (n, d) float32 array), for the given ids or for every image."""
+        query = self._images.search().select(["id", "vector"]).limit(None)
+        if ids:
+            query = query.where(f"id IN ({', '.join(_sql_str(i) for i in ids)})")
+        table = query.to_arrow()
+        found = table.column("id").to_pylist()
+        flat = table.column("vector").combine_chunks().flatten().to_numpy(zero_copy_only=False)
+        return found, np.asarray(flat, np.float32).reshape(len(found), self.dimension)
+
+    def columns(self, names: Sequence[str]) -> list[dict[str, Any]]:
+        """Some metadata columns of every image, as rows."""
+        rows: list[dict[str, Any]] = self._images.search().select(list(names)).limit(None).to_arrow().to_pylist()
+        return rows
+
+    def set_labels(self, column: str, labels: dict[str, tuple[str, float]]) -> None:
+        """Store a label and its score per image id in COLUMN and COLUMN_score (added when missing)."""
+        schema = self._images.schema
+        if column not in schema.names:
+            with _writing(self.uri):
+                self._images.add_columns([pa.field(column, pa.string()), pa.field(f"{column}_score", pa.float32())])
+        table = pa.table(
+            {
+                "id": list(labels),
+                column: [label for label, _ in labels.values()],
+                f"{column}_score": pa.array([score for _, score in labels.values()], pa.float32()),
+            }
+        )
+        self._merge(self._images, "id", table, insert=False)
+
     def search(
         self,
         vector: np.ndarray,

@@ -1,0 +1,58 @@
+"""Zero-shot tags: the best of a set of labels for every image, by the text tower, storable."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from models import Encoder
+from pipeline.errors import ClipdexError
+
+if TYPE_CHECKING:
+    from storage import Collection
+
+DEFAULT_PROMPT = "a photo of a {}"
+
+
+@dataclass(frozen=True)
+class Tag:
+    """The best label for one image, with its cosine score."""
+
+    id: str
+    path: str
+    label: str
+    score: float
+
+
+def classify(
+    collection: Collection,
+    encoder: Encoder,
+    labels: Sequence[str],
+    *,
+    prompt: str = DEFAULT_PROMPT,
+    store: str | None = None,
+) -> list[Tag]:
+    """Label every image with the best-matching label; with store=COLUMN, keep them in the collection
+    (COLUMN and COLUMN_score, usable in --where)."""
+    labels = [label.strip() for label in labels if label.strip()]
+    if len(labels) < 2:
+        raise ClipdexError("--labels needs at least two labels, e.g. --labels 'cat,dog,car'")
+    if "{}" not in prompt:
+        raise ClipdexError(f"--prompt {prompt!r} has no {{}} for the label, e.g. 'a photo of a {{}}'")
+    if store is not None and not store.isidentifier():
+        raise ClipdexError(f"--store {store!r}: a column name is letters, digits and _, e.g. tag")
+    texts = encoder.embed_texts([prompt.format(label) for label in labels])
+    ids, vectors = collection.vectors()
+    paths = {r["id"]: r["path"] for r in collection.columns(["id", "path"])}
+    scores = vectors @ texts.T if len(ids) else np.zeros((0, len(labels)), np.float32)
+    best = scores.argmax(axis=1) if len(ids) else np.zeros(0, int)
+    tags = [
+        Tag(image_id, paths[image_id], labels[int(b)], round(float(scores[i, b]), 4))
+        for i, (image_id, b) in enumerate(zip(ids, best, strict=True))
+    ]
+    if store is not None and tags:
+        collection.set_labels(store, {t.id: (t.label, t.score) for t in tags})
+    return sorted(tags, key=lambda t: t.path)

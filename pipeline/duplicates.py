@@ -1,0 +1,151 @@
+"""Duplicates in tiers: exact (same bytes), near (re-encodes, resizes, small crops), similar shots
+(bursts: close in time and in meaning). Each group suggests a keeper: the largest picture.
+
+Exact copies form their own groups; near groups compare distinct contents (one file per content
+hash stands for its copies); similar shots are the images in neither that were taken within
+burst_seconds of each other and look alike.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from storage import Collection
+
+
+NEAR = 0.95  # cosine at or above which two images are the same picture
+SIMILAR = 0.85  # cosine at or above which two shots close in time are one moment
+BURST_SECONDS = 60.0
+BLOCK = 512  # rows per block of the similarity matrix: bounds memory to BLOCK x n floats
+
+
+@dataclass(frozen=True)
+class Member:
+    """An image in a duplicate group; score is its cosine to the keeper."""
+
+    id: str
+    path: str
+    width: int
+    height: int
+    size: int
+    score: float
+
+
+@dataclass(frozen=True)
+class DuplicateGroup:
+    """Images that are the same picture (exact, near) or the same moment (similar)."""
+
+    tier: str  # exact, near or similar
+    keeper: Member
+    members: tuple[Member, ...]  # the keeper first
+
+
+def find_duplicates(
+    collection: Collection,
+    *,
+    near: float = NEAR,
+    similar: float = SIMILAR,
+    burst_seconds: float = BURST_SECONDS,
+) -> list[DuplicateGroup]:
+    """Every group of two or more images, exact first, then near, then similar; largest groups first."""
+    ids, vectors = collection.vectors()
+    columns = ["id", "path", "hash", "width", "height", "size", "taken_at", "mtime_ns"]
+    rows = {r["id"]: r for r in collection.columns(columns)}
+    by_hash: dict[str, list[int]] = defaultdict(list)
+    for i, image_id in enumerate(ids):
+        by_hash[rows[image_id]["hash"]].append(i)
+    exact = [members for members in by_hash.values() if len(members) > 1]
+    # Near duplicates among distinct contents: one representative per hash (exact copies are
+    # their own tier), compared block by block: a matrix product, not pairs in Python.
+    reps = np.array([members[0] for members in by_hash.values()], dtype=np.int64)
+    same = _UnionFind(len(ids))
+    rep_vectors = vectors[reps]
+    for start in range(0, len(reps), BLOCK):
+        block = rep_vectors[start : start + BLOCK] @ rep_vectors.T
+        for r, c in zip(*np.nonzero(block >= near), strict=True):
+            if c > start + r:
+                same.union(int(reps[start + r]), int(reps[c]))
+    near_groups = [g for g in same.groups() if len(g) > 1]
+    grouped = {i for g in near_groups for i in g} | {i for g in exact for i in g[1:]}
+    moments = _bursts(ids, vectors, rows, grouped, similar, burst_seconds)
+    result = [_group("exact", g, ids, vectors, rows) for g in exact]
+    result += [_group("near", g, ids, vectors, rows) for g in near_groups]
+    result += [_group("similar", g, ids, vectors, rows) for g in moments]
+    order = {"exact": 0, "near": 1, "similar": 2}
+    return sorted(result, key=lambda g: (order[g.tier], -len(g.members), g.keeper.path))
+
+
+def _bursts(
+    ids: list[str],
+    vectors: np.ndarray,
+    rows: dict[str, dict[str, Any]],
+    grouped: set[int],
+    similar: float,
+    burst_seconds: float,
+) -> list[list[int]]:
+    """Shots taken within burst_seconds of each other that look alike (capture time, else mtime)."""
+    timed = sorted((_when(rows[ids[i]]), i) for i in range(len(ids)) if i not in grouped)
+    moments = _UnionFind(len(ids))
+    for a, (time_a, i) in enumerate(timed):
+        for time_b, j in timed[a + 1 :]:
+            if time_b - time_a > burst_seconds:
+                break
+            if float(vectors[i] @ vectors[j]) >= similar:
+                moments.union(i, j)
+    return [g for g in moments.groups() if len(g) > 1]
+
+
+def _when(row: dict[str, Any]) -> float:
+    taken = row.get("taken_at")
+    if isinstance(taken, datetime):
+        return taken.timestamp()
+    return float(row["mtime_ns"]) / 1e9
+
+
+def _group(
+    tier: str, members: list[int], ids: list[str], vectors: np.ndarray, rows: dict[str, dict[str, Any]]
+) -> DuplicateGroup:
+    def size_of(i: int) -> tuple[int, int]:
+        row = rows[ids[i]]
+        return int(row["width"]) * int(row["height"]), int(row["size"])
+
+    keeper = max(members, key=size_of)
+    ordered = [keeper, *sorted((m for m in members if m != keeper), key=lambda m: rows[ids[m]]["path"])]
+    found = tuple(
+        Member(
+            id=ids[m],
+            path=rows[ids[m]]["path"],
+            width=int(rows[ids[m]]["width"]),
+            height=int(rows[ids[m]]["height"]),
+            size=int(rows[ids[m]]["size"]),
+            score=round(float(vectors[m] @ vectors[keeper]), 4),
+        )
+        for m in ordered
+    )
+    return DuplicateGroup(tier, found[0], found)
+
+
+class _UnionFind:
+    def __init__(self, n: int) -> None:
+        self.parent = list(range(n))
+
+    def find(self, i: int) -> int:
+        while self.parent[i] != i:
+            self.parent[i] = self.parent[self.parent[i]]
+            i = self.parent[i]
+        return i
+
+    def union(self, a: int, b: int) -> None:
+        self.parent[self.find(a)] = self.find(b)
+
+    def groups(self) -> list[list[int]]:
+        out: dict[int, list[int]] = defaultdict(list)
+        for i in range(len(self.parent)):
+            out[self.find(i)].append(i)
+        return list(out.values())

@@ -1,0 +1,124 @@
+"""Library features: honest scores, duplicates in tiers, zero-shot tags, evaluation."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from pipeline import Clipdex, ClipdexError
+from pipeline.classify import classify
+from pipeline.config import Settings
+from pipeline.duplicates import find_duplicates
+from pipeline.evaluate import evaluate
+from pipeline.query import Term
+from tests import corpus
+from tests.conftest import run
+
+
+def test_within_keeps_results_close_to_the_best(lib: Clipdex) -> None:
+    hits = lib.query([Term("a red car")], k=17)
+    close = lib.query([Term("a red car")], k=17, within=0.01)
+    assert close == [h for h in hits if h.score >= hits[0].score - 0.01]
+    assert close[0] == hits[0]
+
+
+def test_honest_drops_what_a_generic_caption_fits_as_well(lib: Clipdex) -> None:
+    hits = lib.query([Term("a red car")], k=17)
+    honest = lib.query([Term("a red car")], k=17, honest=True)
+    ids, vectors = lib.collection.vectors([h.id for h in hits])
+    query = lib.query_vector([Term("a red car")])
+    generic = [
+        lib.embed_text(t) for t in ("a photo", "an image", "a picture", "a photo of something", "a blurry photo")
+    ]
+    expected = [
+        h
+        for h in hits
+        if float(vectors[ids.index(h.id)] @ query) > max(float(vectors[ids.index(h.id)] @ g) for g in generic)
+    ]
+    assert honest == expected
+    assert lib.query([Term("a photo")], k=17, honest=True) == []  # the baseline itself never beats itself
+
+
+def test_cli_says_no_good_match(lib: Clipdex, db: str) -> None:
+    result = run("search", "a photo", "--honest", "--db", db)
+    assert (result.stdout, result.stderr) == ("", "no good match (no image fits better than a generic caption)\n")
+
+
+@pytest.fixture
+def album(tmp_path: Path) -> Path:
+    """A copy, a re-encoded resize, a burst of two shots, and unrelated pictures."""
+    root = tmp_path / "album"
+    original = corpus.large_jpeg(root / "original.jpg", megapixels=0.3, seed=1)
+    shutil.copy(original, root / "copy.jpg")
+    with Image.open(original) as im:
+        im.resize((im.width // 2, im.height // 2)).save(root / "small.png")
+    for i, name in enumerate(("burst1.jpg", "burst2.jpg")):
+        path = corpus.large_jpeg(root / name, megapixels=0.3, seed=7)
+        with Image.open(path) as im:
+            im.crop((i * 12, 0, im.width - 12 + i * 12, im.height)).save(path, quality=70 + i * 20)
+        os.utime(path, (1_700_000_000 + i * 5, 1_700_000_000 + i * 5))
+    for seed in (20, 21, 22):
+        other = corpus.pattern_image(root / f"other{seed}.png", seed=seed)
+        os.utime(other, (1_650_000_000 + seed * 3600, 1_650_000_000 + seed * 3600))  # hours apart
+    for name in ("original.jpg", "copy.jpg", "small.png"):
+        os.utime(root / name, (1_600_000_000, 1_600_000_000))
+    return root
+
+
+def test_duplicates_come_in_tiers_with_the_largest_as_keeper(album: Path, db: str, tiny_model: str) -> None:
+    lib = Clipdex.open(db, model=tiny_model, create=True, settings=Settings(workers=0))
+    lib.ingest([album])
+    groups = find_duplicates(lib.collection, near=0.9995, similar=0.98, burst_seconds=30)
+    tiers = {g.tier: sorted(Path(m.path).name for m in g.members) for g in groups}
+    assert tiers["exact"] == ["copy.jpg", "original.jpg"]
+    assert Path(groups[0].keeper.path).name in ("copy.jpg", "original.jpg")
+    near = next(g for g in groups if g.tier == "near")
+    assert sorted(Path(m.path).name for m in near.members)[1] == "small.png"  # with one of the copies
+    assert Path(near.keeper.path).name != "small.png"  # the larger picture is kept
+    assert sorted(Path(m.path).name for g in groups if g.tier == "similar" for m in g.members) == [
+        "burst1.jpg",
+        "burst2.jpg",
+    ]
+    out = run("duplicates", "--near", "0.9995", "--similar", "0.98", "--burst", "30", "--db", db, "--json").stdout
+    assert [json.loads(line)["tier"] for line in out.splitlines()] == [g.tier for g in groups]
+
+
+def test_classify_tags_and_stores_them_for_where(lib: Clipdex, db: str) -> None:
+    tags = classify(lib.collection, lib.encoder, ["cat", "dog", "car"], store="tag")
+    assert len(tags) == 17
+    assert {t.label for t in tags} <= {"cat", "dog", "car"}
+    label = tags[0].label
+    hits = lib.search("anything", k=50, where=f"tag = '{label}'")
+    assert {h.id for h in hits} == {t.id for t in tags if t.label == label}
+    lines = run("classify", "--labels", "cat,dog,car", "--db", db, "--json").stdout.splitlines()
+    assert [json.loads(line)["label"] for line in lines] == [t.label for t in tags]
+    with pytest.raises(ClipdexError, match="at least two labels"):
+        classify(lib.collection, lib.encoder, ["cat"])
+    with pytest.raises(ClipdexError, match=r"has no \{\} for the label"):
+        classify(lib.collection, lib.encoder, ["cat", "dog"], prompt="a photo")
+
+
+def test_eval_reports_recall_both_ways(tmp_path: Path, tiny_model: str) -> None:
+    folder = tmp_path / "captioned"
+    for seed in range(12):
+        corpus.pattern_image(folder / f"img{seed}.png", seed=seed)
+        (folder / f"img{seed}.txt").write_text(f"picture number {seed}")
+    import models  # noqa: PLC0415
+
+    encoder = models.load_encoder(models.EncoderSpec(model=tiny_model, device="cpu", precision="fp32"))
+    report = evaluate(encoder, folder)
+    assert report.images == 12
+    for recalls in (report.text_to_image, report.image_to_text):
+        assert list(recalls) == [1, 5, 10]
+        assert 0 <= recalls[1] <= recalls[5] <= recalls[10] <= 1
+    data = json.loads(run("eval", str(folder), "--model", tiny_model, "--json").stdout)
+    assert data["images"] == 12
+    assert data["text_to_image_R@10"] == report.text_to_image[10]
+    corpus.pattern_image(tmp_path / "plain" / "a.png", seed=1)
+    with pytest.raises(ClipdexError, match="no captioned images"):
+        evaluate(encoder, tmp_path / "plain")

@@ -18,6 +18,8 @@ from pipeline.captions import read_manifest
 from pipeline.classify import DEFAULT_PROMPT
 from pipeline.classify import classify as run_classify
 from pipeline.client import Client
+from pipeline.clusters import cluster as run_cluster
+from pipeline.clusters import map_html
 from pipeline.config import TARGETS, Settings, load_settings
 from pipeline.duplicates import BURST_SECONDS, NEAR, SIMILAR, find_duplicates
 from pipeline.errors import ClipdexError
@@ -335,6 +337,43 @@ def classify(labels: str, prompt: str, column: str | None, as_json: bool, **flag
             f"stored in {column} and {column}_score; e.g. --where \"{column} = '{tags[0].label if tags else 'x'}'\"",
             err=True,
         )
+
+
+@cli.command(name="cluster")
+@click.option("-k", "k", type=click.IntRange(min=2), help="Number of clusters.")
+@click.option("--auto", is_flag=True, help="Choose k by silhouette (2 to 30).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON lines.")
+@model_options
+def cluster_command(k: int | None, auto: bool, as_json: bool, **flags: Any) -> None:
+    """Group the images by k-means, name each group, store `cluster` and `cluster_name` per image."""
+    if (k is None) == (not auto):
+        raise click.UsageError("give -k N or --auto")
+    lib = _open(**flags)
+    found = run_cluster(lib.collection, lib.encoder, k)
+    for c in found:
+        if as_json:
+            click.echo(json.dumps({"cluster": c.number, "name": c.name, "images": c.size}))
+        else:
+            click.echo(f"{c.number:>3}  {c.size:>6} images  {c.name}")
+    click.echo(f'stored in cluster and cluster_name; e.g. --where "cluster = {found[0].number}"', err=True)
+
+
+@cli.command(name="map")
+@click.option("--out", type=click.Path(dir_okay=False), required=True, help="The HTML file to write.")
+@click.option("--max-points", type=click.IntRange(min=2), default=2000, show_default=True, help="Sample size.")
+@db_options
+def map_command(out: str, max_points: int, db: str | None, config_file: str | None) -> None:
+    """Write a 2-D map of the collection with thumbnails, as one self-contained HTML file."""
+    from storage import Collection  # noqa: PLC0415 - see the module docstring
+
+    collection = Collection.open(_settings(config_file, db=db).db_uri)
+    page = map_html(collection, max_points=max_points)
+    try:
+        with open(out, "w", encoding="utf-8") as f:
+            f.write(page)
+    except OSError as exc:
+        raise ClipdexError(f"--out {out}: cannot write ({exc.strerror}); choose another path") from exc
+    click.echo(f"wrote {out}", err=True)
 
 
 @cli.command(name="eval")

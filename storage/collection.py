@@ -40,6 +40,7 @@ NPROBES = 64
 HNSW_EF = 300  # candidates kept while walking a graph: recall against latency
 REFINE_FACTOR = 4  # re-rank k * this candidates with the full-precision vectors
 CAPTION_FILTER = "caption_vector IS NOT NULL"
+EXTRA_TYPES = {"string": pa.string(), "int32": pa.int32(), "float32": pa.float32()}
 
 
 class Collection:
@@ -156,6 +157,10 @@ class Collection:
         flat = table.column("vector").combine_chunks().flatten().to_numpy(zero_copy_only=False)
         return found, np.asarray(flat, np.float32).reshape(len(found), self.dimension)
 
+    def column_names(self) -> list[str]:
+        """The images table's columns, extra ones (tags, clusters) included."""
+        return list(self._images.schema.names)
+
     def columns(self, names: Sequence[str]) -> list[dict[str, Any]]:
         """Some metadata columns of every image, as rows."""
         rows: list[dict[str, Any]] = self._images.search().select(list(names)).limit(None).to_arrow().to_pylist()
@@ -163,16 +168,24 @@ class Collection:
 
     def set_labels(self, column: str, labels: dict[str, tuple[str, float]]) -> None:
         """Store a label and its score per image id in COLUMN and COLUMN_score (added when missing)."""
-        schema = self._images.schema
-        if column not in schema.names:
+        self.set_columns(
+            {column: ({i: label for i, (label, _) in labels.items()}, "string"),
+             f"{column}_score": ({i: score for i, (_, score) in labels.items()}, "float32")}
+        )  # fmt: skip
+
+    def set_columns(self, columns: dict[str, tuple[dict[str, Any], str]]) -> None:
+        """Set per-image values of extra columns: name -> ({id: value}, 'string' | 'int32' | 'float32').
+
+        Missing columns are added (null for other images); they can be used in --where.
+        """
+        types = {name: EXTRA_TYPES[kind] for name, (_, kind) in columns.items()}
+        missing = [pa.field(name, kind) for name, kind in types.items() if name not in self._images.schema.names]
+        if missing:
             with _writing(self.uri):
-                self._images.add_columns([pa.field(column, pa.string()), pa.field(f"{column}_score", pa.float32())])
+                self._images.add_columns(missing)
+        ids = sorted(next(iter(columns.values()))[0]) if columns else []
         table = pa.table(
-            {
-                "id": list(labels),
-                column: [label for label, _ in labels.values()],
-                f"{column}_score": pa.array([score for _, score in labels.values()], pa.float32()),
-            }
+            {"id": ids} | {name: pa.array([v[i] for i in ids], types[name]) for name, (v, _) in columns.items()}
         )
         self._merge(self._images, "id", table, insert=False)
 

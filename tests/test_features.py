@@ -7,6 +7,7 @@ import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -122,3 +123,34 @@ def test_eval_reports_recall_both_ways(tmp_path: Path, tiny_model: str) -> None:
     corpus.pattern_image(tmp_path / "plain" / "a.png", seed=1)
     with pytest.raises(ClipdexError, match="no captioned images"):
         evaluate(encoder, tmp_path / "plain")
+
+
+def test_cluster_names_and_stores_groups(lib: Clipdex, db: str) -> None:
+    from pipeline.clusters import cluster, kmeans, silhouette  # noqa: PLC0415
+
+    found = cluster(lib.collection, lib.encoder, 3)
+    assert sum(c.size for c in found) == 17
+    assert len(found) == 3 and all(len(c.name.split(", ")) == 3 for c in found)
+    rows = lib.collection.columns(["cluster", "cluster_name"])
+    assert {r["cluster"] for r in rows} == {c.number for c in found}
+    biggest = found[0]
+    assert len(lib.search("x", k=50, where=f"cluster = {biggest.number}")) == biggest.size
+    out = run("cluster", "--auto", "--db", db, "--json").stdout.splitlines()
+    assert sum(json.loads(line)["images"] for line in out) == 17
+    # k-means finds planted clusters, and the silhouette prefers the right k.
+    rng = np.random.default_rng(0)
+    centres = rng.standard_normal((4, 16))
+    points = np.concatenate([c + 0.05 * rng.standard_normal((30, 16)) for c in centres]).astype(np.float32)
+    points /= np.linalg.norm(points, axis=1, keepdims=True)
+    _, labels = kmeans(points, 4, rng)
+    assert sorted(np.bincount(labels)) == [30, 30, 30, 30]
+    distance = 1 - points @ points.T
+    assert silhouette(distance, labels) > silhouette(distance, kmeans(points, 2, rng)[1])
+
+
+def test_map_is_one_self_contained_page(lib: Clipdex, db: str, tmp_path: Path) -> None:
+    out = tmp_path / "map.html"
+    run("map", "--out", str(out), "--db", db)
+    page = out.read_text()
+    assert page.count("data:image/jpeg;base64,") == 17
+    assert "http://" not in page and "https://" not in page  # nothing fetched from outside

@@ -376,6 +376,34 @@ def map_command(out: str, max_points: int, db: str | None, config_file: str | No
     click.echo(f"wrote {out}", err=True)
 
 
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="End with one JSON object.")
+@model_options
+def reembed(as_json: bool, **flags: Any) -> None:
+    """Re-embed every stored image with another --model, then switch the collection to it."""
+    import models  # noqa: PLC0415 - see the module docstring
+    from pipeline.library import encoder_spec  # noqa: PLC0415
+    from pipeline.reembed import reembed as run_reembed  # noqa: PLC0415
+    from storage import Collection  # noqa: PLC0415
+
+    settings = _settings(flags.pop("config_file"), **flags)
+    if not settings.model:
+        raise click.UsageError("name the new model: --model NAME [--pretrained TAG], or --model local-dir:PATH")
+    collection = Collection.open(settings.db_uri)
+    encoder = models.load_encoder(encoder_spec(settings))
+    with _progress_bar() as progress:
+        report = run_reembed(
+            collection, encoder, workers=_workers(settings), max_pixels=settings.max_pixels, progress=progress
+        )
+    line = (
+        f"{report.reembedded} re-embedded, {report.resumed} done before, {report.failed} failed "
+        f"({report.seconds:.1f} s); {collection.uri} now uses {report.model}"
+    )
+    click.echo(line, err=as_json)
+    if as_json:
+        click.echo(json.dumps({"reembedded": report.reembedded, "resumed": report.resumed, "failed": report.failed}))
+
+
 @cli.command(name="eval")
 @click.argument("folder", type=click.Path(exists=True, file_okay=False))
 @click.option("--captions", type=click.Path(exists=True, dir_okay=False), help="CSV or JSON Lines of path,caption.")
@@ -428,6 +456,12 @@ def _stored_fingerprint(settings: Settings) -> Fingerprint | None:
         return Fingerprint.from_json(Collection.open(settings.db_uri).model)
     except CollectionNotFound:
         return None
+
+
+def _workers(settings: Settings) -> int:
+    from pipeline.workers import default_workers  # noqa: PLC0415 - see the module docstring
+
+    return default_workers() if settings.workers is None else settings.workers
 
 
 def _floor(min_score: float | None, settings: Settings) -> float | None:

@@ -14,6 +14,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -22,7 +23,10 @@ from pipeline.captions import read_sidecar
 from pipeline.decode import Decoded, DecodeFailed, decode_file, hash_file
 from pipeline.scan import ScannedFile, Scanner, ScanResult
 from pipeline.workers import DecodePool
-from storage import CaptionUpdate, Collection, Failure, FileState, ImageRecord, Moved
+from storage import CaptionUpdate, Failure, FileState, ImageRecord, Moved
+
+if TYPE_CHECKING:
+    from storage import Collection
 
 
 @dataclass

@@ -10,10 +10,11 @@ from storage.records import CaptionUpdate, Failure, FileState, Hit, ImageRecord,
 
 if TYPE_CHECKING:
     from storage.collection import Collection as Collection
+    from storage.collection import Staging as Staging
     from storage.schema import SCHEMA_VERSION as SCHEMA_VERSION
 
 # LanceDB and Arrow load on first use (about 2 s): a CLI query sent to a server never needs them.
-_LAZY = {"Collection": "storage.collection", "SCHEMA_VERSION": "storage.schema"}
+_LAZY = {"Collection": "storage.collection", "Staging": "storage.collection", "SCHEMA_VERSION": "storage.schema"}
 
 
 def __getattr__(name: str) -> Any:
@@ -34,6 +35,7 @@ __all__ = [
     "Hit",
     "ImageRecord",
     "Moved",
+    "Staging",
     "Stats",
     "StorageError",
 ]

@@ -51,7 +51,9 @@ class Collection:
         self.uri = uri
         try:
             meta = db.open_table(META).to_arrow().to_pylist()
-            self._images = db.open_table(IMAGES)
+            # The images table is named in meta: re-embedding builds a new one, then switches.
+            table = next((row["value"] for row in meta if row["key"] == "images_table"), IMAGES)
+            self._images = db.open_table(table)
             self._failures = db.open_table(FAILURES)
         except Exception as exc:
             raise CollectionUnreadable(
@@ -340,12 +342,75 @@ class Collection:
                 builder = builder.when_not_matched_insert_all()
             builder.execute(data, on_bad_vectors="null")  # a null caption_vector means no caption
 
+    # --- re-embedding with another model: build a second table, then switch in one commit ----------
+
+    def staging(self, model: str, dimension: int) -> Staging:
+        """The table being filled with another model's vectors (created, or resumed if the same model)."""
+        name = "images" if self._images.name != "images" else "images_next"  # two names, used in turn
+        names = _table_names(self._db)
+        with _writing(self.uri):
+            if name in names and self._meta.get("next_model") != model:
+                self._db.drop_table(name)  # left over from another model, or from before a switch
+                names.remove(name)
+            table = (
+                self._db.open_table(name)
+                if name in names
+                else self._db.create_table(name, schema=images_schema(dimension))
+            )
+            self._set_meta({"next_model": model})
+        return Staging(self, table, model, dimension)
+
+    def _switch(self, staging: Staging) -> None:
+        """Make the staged table the images table in one commit of the meta table; drop the old one."""
+        old = self._images
+        with _writing(self.uri):
+            self._set_meta(
+                {
+                    "model": staging.model,
+                    "dimension": str(staging.dimension),
+                    "images_table": staging.table.name,
+                    "next_model": "",
+                }
+            )
+            self._db.drop_table(old.name)
+        self._images, self.model, self.dimension, self._indexed = staging.table, staging.model, staging.dimension, None
+
+    def _set_meta(self, values: dict[str, str]) -> None:
+        table = pa.Table.from_pylist(_meta_rows(values), schema=META_SCHEMA)
+        self._merge(self._db.open_table(META), "key", table)
+        self._meta.update(values)
+
     def _upgrade(self) -> None:
         for version in range(self.schema_version, SCHEMA_VERSION):
             UPGRADES[version](self._db)
         meta = self._db.open_table(META)
         meta.update(where="key = 'schema_version'", values={"value": str(SCHEMA_VERSION)})
         self.schema_version = SCHEMA_VERSION
+
+
+class Staging:
+    """Rows re-embedded with another model, waiting for the switch."""
+
+    def __init__(self, collection: Collection, table: Any, model: str, dimension: int) -> None:
+        self.collection = collection
+        self.table = table
+        self.model = model
+        self.dimension = dimension
+
+    def done_ids(self) -> set[str]:
+        """Ids already re-embedded (a re-run resumes after them)."""
+        return set(self.table.search().select(["id"]).limit(None).to_arrow().column("id").to_pylist())
+
+    def add(self, records: Sequence[ImageRecord]) -> None:
+        """Stage a batch of re-embedded rows, in one commit."""
+        if records:
+            now = datetime.now(UTC)
+            data = pa.Table.from_pylist([_record_row(r, now) for r in records], schema=images_schema(self.dimension))
+            self.collection._merge(self.table, "id", data)
+
+    def switch(self) -> None:
+        """Make these the collection's vectors; the old model's are dropped."""
+        self.collection._switch(self)
 
 
 @contextlib.contextmanager

@@ -154,3 +154,49 @@ def test_map_is_one_self_contained_page(lib: Clipdex, db: str, tmp_path: Path) -
     page = out.read_text()
     assert page.count("data:image/jpeg;base64,") == 17
     assert "http://" not in page and "https://" not in page  # nothing fetched from outside
+
+
+def test_reembed_switches_models_without_mixing_and_resumes(
+    photos: Path, db: str, tiny_model: str, other_model: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import models  # noqa: PLC0415
+    from pipeline.reembed import reembed  # noqa: PLC0415
+    from storage import Collection, Staging  # noqa: PLC0415
+
+    (photos / "good" / "photo.txt").write_text("a dog on the beach")
+    old = Clipdex.open(db, model=tiny_model, create=True, settings=Settings(workers=0))
+    old.ingest([photos / "good"])
+    before = {p: s.id for p, s in old.collection.file_states().items()}
+    new_encoder = models.load_encoder(models.EncoderSpec(model=other_model, device="cpu"))
+
+    # Interrupted after the first batch: the collection still answers with the old model only.
+    real_add = Staging.add
+    calls: list[int] = []
+
+    def crash_after_first(self: Staging, records: list[object]) -> None:
+        calls.append(len(records))
+        real_add(self, records)  # type: ignore[arg-type]
+        if len(calls) == 1:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(Staging, "add", crash_after_first)
+    monkeypatch.setattr(new_encoder, "_batch_size", 5)
+    with pytest.raises(KeyboardInterrupt):
+        reembed(Collection.open(db), new_encoder)
+    assert Clipdex.open(db, settings=Settings(workers=0)).encoder.fingerprint == old.encoder.fingerprint
+    monkeypatch.setattr(Staging, "add", real_add)
+
+    report = reembed(Collection.open(db), new_encoder)
+    assert (report.reembedded, report.resumed, report.failed) == (12, 5, 0)
+    lib = Clipdex.open(db, settings=Settings(workers=0))  # the collection's model is now the other one
+    assert lib.encoder.fingerprint == new_encoder.fingerprint
+    assert {p: s.id for p, s in lib.collection.file_states().items()} == before  # same ids, nothing re-scanned
+    photo = lib.collection.get_by_path(str(photos / "good" / "photo.jpg"))
+    assert photo is not None and photo.caption == "a dog on the beach"
+    assert np.allclose(photo.vector, lib.embed_image(photos / "good" / "photo.jpg"), atol=1e-5)
+    assert np.allclose(photo.caption_vector, lib.embed_text("a dog on the beach"), atol=1e-5)  # type: ignore[arg-type]
+    with pytest.raises(Exception, match=r"holds vectors of local-dir:.*other-model"):
+        Clipdex.open(db, model=tiny_model, settings=Settings(workers=0))
+    assert lib.ingest([photos / "good"]).unchanged == 17
+    result = run("reembed", "--db", db, "--model", other_model, ok=False)
+    assert "already uses local-dir:" in result.stderr

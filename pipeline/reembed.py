@@ -1,0 +1,105 @@
+"""Re-embedding a collection with another model: stored files are decoded again (no folder walk),
+their vectors and caption vectors built by the new model in a second table, then the collection
+switches to it in one commit. Until then every query uses the old model's vectors alone, and an
+interrupted run resumes where it stopped."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from models import Encoder, Fingerprint
+from pipeline.decode import Decoded, DecodeFailed, decode_file
+from pipeline.errors import ClipdexError
+from pipeline.ingest import Progress, ProgressFn
+from pipeline.workers import DecodePool
+from storage import Failure, FileState, ImageRecord
+
+if TYPE_CHECKING:
+    from storage import Collection, Staging
+
+
+@dataclass
+class ReembedReport:
+    """What a re-embedding did."""
+
+    model: str
+    reembedded: int = 0
+    resumed: int = 0  # rows a previous, interrupted run had already done
+    failed: int = 0  # files that could not be read again: left out, and listed in failures
+    seconds: float = 0.0
+
+
+def reembed(
+    collection: Collection,
+    encoder: Encoder,
+    *,
+    workers: int = 0,
+    max_pixels: int = 200_000_000,
+    progress: ProgressFn | None = None,
+) -> ReembedReport:
+    """Build the new model's vectors for every stored image, then switch the collection to them."""
+    started = time.monotonic()
+    fingerprint = encoder.fingerprint
+    if Fingerprint.from_json(collection.model) == fingerprint:
+        raise ClipdexError(f"the collection already uses {fingerprint.label}; name another --model")
+    staging = collection.staging(fingerprint.to_json(), fingerprint.dimension)
+    done = staging.done_ids()
+    states = {s.id: s for s in collection.file_states().values()}
+    todo = [s for s in states.values() if s.id not in done]
+    report = ReembedReport(model=fingerprint.label, resumed=len(done))
+    by_path = {s.path: s for s in todo}
+    batch: list[Decoded] = []
+    with DecodePool(workers) as pool:
+        results = pool.map(decode_file, list(by_path), encoder.transform, max_pixels)
+        for count, result in enumerate(results, 1):
+            if isinstance(result, DecodeFailed):
+                state = by_path[result.path]
+                failure = Failure(result.path, result.reason, state.size, state.mtime_ns, datetime.now(UTC))
+                collection.record_failures([failure])
+                report.failed += 1
+            else:
+                batch.append(result)
+            if len(batch) >= encoder.batch_size or (count == len(by_path) and batch):
+                report.reembedded += _stage(staging, encoder, batch, by_path)
+                batch = []
+            if progress is not None:
+                progress(Progress("embed", count, len(by_path)))
+    staging.switch()
+    report.seconds = time.monotonic() - started
+    return report
+
+
+def _stage(staging: Staging, encoder: Encoder, batch: list[Decoded], by_path: dict[str, FileState]) -> int:
+    vectors = encoder.embed_pixels(np.stack([d.pixels for d in batch if d.pixels is not None]))
+    states = [by_path[d.path] for d in batch]
+    captions = [s.caption for s in states]
+    texts = [c for c in captions if c]
+    caption_vectors = iter(encoder.embed_texts(texts)) if texts else iter(())
+    records = []
+    for d, state, vector, caption in zip(batch, states, vectors, captions, strict=True):
+        records.append(
+            ImageRecord(
+                id=state.id,
+                path=d.path,
+                size=d.size,
+                # Content that changed since the last ingest gets mtime 0, so the next ingest checks it.
+                mtime_ns=state.mtime_ns if d.hash == state.hash else 0,
+                hash=d.hash,
+                width=d.width,
+                height=d.height,
+                format=d.format,
+                vector=vector,
+                taken_at=d.taken_at,
+                description=d.description,
+                caption=caption,
+                caption_source=state.caption_source,
+                caption_vector=next(caption_vectors) if caption else None,
+            )
+        )
+    staging.add(records)
+    return len(records)

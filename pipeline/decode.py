@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import warnings
 from dataclasses import dataclass
 from datetime import datetime
@@ -26,6 +27,13 @@ ImageFile.LOAD_TRUNCATED_IMAGES = False
 
 FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "HEIF", "AVIF")  # MPO opens as JPEG
 FORMATS_HELP = "JPEG, PNG, WebP, GIF, BMP, TIFF or HEIC"
+# Camera RAW files: clipdex embeds the JPEG preview most of them carry (no RAW development).
+RAW_EXTENSIONS = frozenset(
+    {".dng", ".nef", ".nrw", ".cr2", ".cr3", ".arw", ".srf", ".sr2", ".raf", ".orf", ".rw2", ".pef", ".srw", ".erf",
+     ".3fr", ".iiq"}
+)  # fmt: skip
+JPEG_START = b"\xff\xd8\xff"
+MAX_RAW_PREVIEWS = 16  # JPEG starts tried per RAW file (thumbnails, previews, false starts)
 EXIF_ORIENTATION = 0x0112
 EXIF_DESCRIPTION = 0x010E
 EXIF_IFD = 0x8769
@@ -107,9 +115,34 @@ def decode_bytes(name: str, data: bytes, transform: ImageTransform, max_pixels: 
             return DecodeFailed(name, f"decoder error {type(exc).__name__}: {_first_line(exc)}")
 
 
+def raw_preview(data: bytes) -> bytes | None:
+    """The largest JPEG embedded in a camera RAW file (most carry a full-size preview), or None."""
+    best: tuple[int, int] | None = None  # (pixels, offset)
+    start = data.find(JPEG_START)
+    for _ in range(MAX_RAW_PREVIEWS):
+        if start < 0:
+            break
+        try:
+            with Image.open(io.BytesIO(data[start:]), formats=("JPEG",)) as preview:
+                pixels = preview.width * preview.height
+            if best is None or pixels > best[0]:
+                best = (pixels, start)
+        except (OSError, ValueError, SyntaxError):
+            pass
+        start = data.find(JPEG_START, start + 3)
+    return data[best[1] :] if best else None
+
+
 def _decode(path: str, data: bytes, transform: ImageTransform, max_pixels: int) -> Decoded | DecodeFailed:
-    image = Image.open(io.BytesIO(data), formats=FORMATS)
-    image_format = str(image.format)
+    raw = os.path.splitext(path)[1].lower() in RAW_EXTENSIONS
+    if raw:
+        preview = raw_preview(data)
+        if preview is None:
+            return DecodeFailed(path, "a RAW file without an embedded JPEG preview; export it to JPEG or TIFF")
+        image = Image.open(io.BytesIO(preview), formats=("JPEG",))
+    else:
+        image = Image.open(io.BytesIO(data), formats=FORMATS)
+    image_format = "RAW " + os.path.splitext(path)[1][1:].upper() if raw else str(image.format)
     width, height = image.size
     if width * height > max_pixels:
         return DecodeFailed(
@@ -121,7 +154,7 @@ def _decode(path: str, data: bytes, transform: ImageTransform, max_pixels: int) 
     orientation = exif.get(EXIF_ORIENTATION, 1)
     description = clean_caption(_text(exif.get(EXIF_DESCRIPTION))) or xmp_description(image.info.get("xmp"))
     taken_at = _exif_datetime(exif.get_ifd(EXIF_IFD).get(EXIF_DATETIME_ORIGINAL))
-    if image_format in ("JPEG", "MPO"):
+    if image.format in ("JPEG", "MPO"):
         # Decode at the smallest DCT scale that still covers the model input: 4-8x less work.
         shown_w, shown_h = (height, width) if orientation in _ROTATED else (width, height)
         draft_w, draft_h = transform.draft_size(shown_w, shown_h)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import math
 from datetime import datetime
 from pathlib import Path
@@ -392,3 +393,26 @@ def test_pixels_from_draft_size_have_the_model_shape(width: int, height: int, mo
 
     assert pixels.shape == (size[0], size[1], 3)
     assert pixels.dtype == np.uint8
+
+
+def _fake_raw(path: Path, previews: list[tuple[int, int]]) -> Path:
+    """A TIFF-like RAW container: a header, sensor-like bytes, then embedded JPEG previews."""
+    parts = [b"II*\x00\x08\x00\x00\x00", bytes(range(256)) * 40, b"\xff\xd8\xff\x00 not a real jpeg"]
+    for i, size in enumerate(previews):
+        buffer = io.BytesIO()
+        Image.new("RGB", size, (40 * i, 120, 200)).save(buffer, "JPEG")
+        parts += [buffer.getvalue(), bytes(100)]
+    path.write_bytes(b"".join(parts))
+    return path
+
+
+def test_raw_files_are_read_through_their_largest_embedded_preview(tmp_path: Path) -> None:
+    raw = _fake_raw(tmp_path / "DSC_0001.NEF", [(32, 24), (160, 120), (64, 48)])
+    result = decode_file(str(raw), ImageTransform(size=(32, 32)), 10**9)
+    assert isinstance(result, Decoded), result
+    assert (result.width, result.height, result.format) == (160, 120, "RAW NEF")
+    bare = tmp_path / "empty.dng"
+    bare.write_bytes(b"II*\x00" + bytes(5000))
+    failed = decode_file(str(bare), ImageTransform(size=(32, 32)), 10**9)
+    assert isinstance(failed, DecodeFailed)
+    assert failed.reason == "a RAW file without an embedded JPEG preview; export it to JPEG or TIFF"

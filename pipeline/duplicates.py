@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 NEAR = 0.95  # cosine at or above which two images are the same picture
 SIMILAR = 0.85  # cosine at or above which two shots close in time are one moment
 BURST_SECONDS = 60.0
+BURST_NEIGHBOURS = 32  # later shots each image is compared with for bursts
 BLOCK = 512  # rows per block of the similarity matrix: bounds memory to BLOCK x n floats
 
 
@@ -89,15 +90,20 @@ def _bursts(
     similar: float,
     burst_seconds: float,
 ) -> list[list[int]]:
-    """Shots taken within burst_seconds of each other that look alike (capture time, else mtime)."""
-    timed = sorted((_when(rows[ids[i]]), i) for i in range(len(ids)) if i not in grouped)
+    """Shots taken within burst_seconds of each other that look alike (capture time, else mtime).
+
+    Each image is compared with the BURST_NEIGHBOURS next ones in time order, one vectorised
+    pass per offset: linear in the library's size, even when thousands of files share a time.
+    """
+    order = np.array(sorted((i for i in range(len(ids)) if i not in grouped), key=lambda i: _when(rows[ids[i]])))
+    times = np.array([_when(rows[ids[i]]) for i in order])
     moments = _UnionFind(len(ids))
-    for a, (time_a, i) in enumerate(timed):
-        for time_b, j in timed[a + 1 :]:
-            if time_b - time_a > burst_seconds:
-                break
-            if float(vectors[i] @ vectors[j]) >= similar:
-                moments.union(i, j)
+    ordered = vectors[order] if len(order) else vectors[:0]
+    for offset in range(1, min(BURST_NEIGHBOURS, len(order) - 1) + 1):
+        close = times[offset:] - times[:-offset] <= burst_seconds
+        alike = np.einsum("ij,ij->i", ordered[offset:], ordered[:-offset]) >= similar
+        for k in np.nonzero(close & alike)[0]:
+            moments.union(int(order[k]), int(order[k + offset]))
     return [g for g in moments.groups() if len(g) > 1]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -27,6 +28,32 @@ class Tag:
     score: float
 
 
+RESERVED = {
+    "cluster",
+    "cluster_name",
+    "select",
+    "where",
+    "from",
+    "and",
+    "or",
+    "not",
+    "null",
+    "true",
+    "false",
+    "in",
+    "like",
+}
+
+
+def _check_column(collection: Collection, name: str) -> None:
+    """A tag column: a new or earlier tag column, never a built-in one; checked before anything is written."""
+    builtin = set(collection.column_names()) - collection.extra_columns()
+    if not re.fullmatch(r"[a-z][a-z0-9_]{0,40}", name) or name in RESERVED or name.endswith("_score"):
+        raise ClipdexError(f"--store {name!r}: use lowercase letters, digits and _ (not a SQL word), e.g. --store tag")
+    if name in builtin or f"{name}_score" in builtin:
+        raise ClipdexError(f"--store {name!r} is a built-in column; choose another name, e.g. --store tag")
+
+
 def classify(
     collection: Collection,
     encoder: Encoder,
@@ -40,11 +67,13 @@ def classify(
     labels = [label.strip() for label in labels if label.strip()]
     if len(labels) < 2:
         raise ClipdexError("--labels needs at least two labels, e.g. --labels 'cat,dog,car'")
-    if "{}" not in prompt:
-        raise ClipdexError(f"--prompt {prompt!r} has no {{}} for the label, e.g. 'a photo of a {{}}'")
-    if store is not None and not store.isidentifier():
-        raise ClipdexError(f"--store {store!r}: a column name is letters, digits and _, e.g. tag")
-    texts = encoder.embed_texts([prompt.format(label) for label in labels])
+    if prompt.count("{}") != 1:
+        raise ClipdexError(f"--prompt {prompt!r} needs exactly one {{}} for the label, e.g. 'a photo of a {{}}'")
+    if len(set(labels)) != len(labels):
+        raise ClipdexError("--labels has a label twice; give each once")
+    if store is not None:
+        _check_column(collection, store)
+    texts = encoder.embed_texts([prompt.replace("{}", label) for label in labels])
     ids, vectors = collection.vectors()
     paths = {r["id"]: r["path"] for r in collection.columns(["id", "path"])}
     scores = vectors @ texts.T if len(ids) else np.zeros((0, len(labels)), np.float32)

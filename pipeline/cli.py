@@ -162,7 +162,9 @@ def ingest(
 @click.option("--unlike", multiple=True, type=click.Path(), help="Away from this image file (repeatable).")
 @click.option("--not", "not_", multiple=True, help="Away from this text (repeatable).")
 @click.option("--target", type=click.Choice(TARGETS), default="image", show_default=True, help="Vectors to match.")
-@click.option("--within", type=float, help="Keep results scoring at most this much below the best one.")
+@click.option(
+    "--within", type=click.FloatRange(min=0), help="Keep results scoring at most this much below the best one."
+)
 @click.option("--honest", is_flag=True, help="Drop results that a generic caption ('a photo') fits as well.")
 @query_options
 def search(
@@ -289,7 +291,13 @@ def failures(as_json: bool, db: str | None, config_file: str | None) -> None:
 @cli.command()
 @click.option("--near", type=click.FloatRange(0, 1), default=NEAR, show_default=True, help="Cosine for 'near'.")
 @click.option("--similar", type=click.FloatRange(0, 1), default=SIMILAR, show_default=True, help="Cosine for shots.")
-@click.option("--burst", type=float, default=BURST_SECONDS, show_default=True, help="Seconds between burst shots.")
+@click.option(
+    "--burst",
+    type=click.FloatRange(min=0),
+    default=BURST_SECONDS,
+    show_default=True,
+    help="Seconds between burst shots.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object per group.")
 @db_options
 def duplicates(

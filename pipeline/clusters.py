@@ -11,10 +11,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
-from PIL import Image, ImageOps
 
 from models import Encoder
-from pipeline.decode import to_rgb
+from pipeline.decode import thumbnail_image
 from pipeline.errors import ClipdexError
 
 if TYPE_CHECKING:
@@ -124,6 +123,8 @@ def silhouette(distance: np.ndarray, labels: np.ndarray) -> float:
 
 def project(vectors: np.ndarray) -> np.ndarray:
     """2-D coordinates in [0, 1] from the first two principal components."""
+    if len(vectors) < 3:  # too few points for components: spread them on a line
+        return np.linspace([0.0, 0.5], [1.0, 0.5], len(vectors)) if len(vectors) > 1 else np.array([[0.5, 0.5]])
     centred = vectors - vectors.mean(axis=0)
     _, _, vt = np.linalg.svd(centred, full_matrices=False)
     points = centred @ vt[:2].T
@@ -149,15 +150,14 @@ def map_html(collection: Collection, *, max_points: int = 2000, thumb: int = 64,
             {"x": round(float(x), 4), "y": round(float(y), 4), "src": _thumbnail(row["path"], thumb),
              "title": row["path"] + (f" ({row['cluster_name']})" if row.get("cluster_name") else "")}
         )  # fmt: skip
-    return _PAGE.replace("__TITLE__", html.escape(collection.uri)).replace("__ITEMS__", json.dumps(items))
+    # "<" escaped so that no path can close the <script> element the data sits in.
+    data = json.dumps(items).replace("<", "\\u003c")
+    return _PAGE.replace("__TITLE__", html.escape(collection.uri)).replace("__ITEMS__", data)
 
 
 def _thumbnail(path: str, size: int) -> str:
     try:
-        with Image.open(path) as image:
-            image.draft("RGB", (size, size))
-            small = to_rgb(ImageOps.exif_transpose(image))
-            small.thumbnail((size, size))
+        small = thumbnail_image(path, size)
         buffer = io.BytesIO()
         small.save(buffer, "JPEG", quality=70)
         return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()

@@ -133,6 +133,21 @@ def raw_preview(data: bytes) -> bytes | None:
     return data[best[1] :] if best else None
 
 
+def thumbnail_image(path: str, size: int) -> Image.Image:
+    """An RGB picture of the file at most size pixels wide and high (a RAW file's preview); raises OSError."""
+    with open(path, "rb") as f:
+        data = f.read()
+    if os.path.splitext(path)[1].lower() in RAW_EXTENSIONS:
+        data = raw_preview(data) or b""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        image = Image.open(io.BytesIO(data), formats=FORMATS)
+        image.draft("RGB", (size, size))
+        small = to_rgb(ImageOps.exif_transpose(image))
+    small.thumbnail((size, size))
+    return small
+
+
 def _decode(path: str, data: bytes, transform: ImageTransform, max_pixels: int) -> Decoded | DecodeFailed:
     raw = os.path.splitext(path)[1].lower() in RAW_EXTENSIONS
     if raw:

@@ -58,7 +58,7 @@ def evaluate(
 
 
 def _recall(scores: np.ndarray, ks: Sequence[int]) -> dict[int, float]:
-    """Share of rows whose diagonal entry is among the K largest of its row (ties count against)."""
+    """Share of rows whose diagonal entry is among the K largest of its row (ties in its favour)."""
     right = np.diag(scores)[:, None]
     rank = (scores > right).sum(axis=1)  # how many candidates beat the right one
     return {k: round(float(np.mean(rank < k)), 4) for k in ks}

@@ -7,16 +7,20 @@ beach + ./photo.jpg - crowd        (rclip-style, as CLI arguments)
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from pipeline.errors import ClipdexError
+from pipeline.scan import IMAGE_EXTENSIONS
 
 KINDS = ("text", "image", "id")
+MAX_WEIGHT = 1000.0
 EMPTY = "the search text is empty; give some words, e.g. clipdex search 'a dog'"
-_WEIGHT = re.compile(r"^([+-]?\d+(?:\.\d+)?):(.+)$", re.DOTALL)
+# W:term, where the term does not start with a digit or a space ("10:30 train" stays a text).
+_WEIGHT = re.compile(r"^([+-]?\d+(?:\.\d+)?):(?![\d\s])(.+)$", re.DOTALL)
 
 
 @dataclass(frozen=True)
@@ -32,6 +36,15 @@ class Term:
             raise ValueError(f"kind must be one of {', '.join(KINDS)}, not {self.kind!r}")
 
 
+def looks_like_image(value: str) -> bool:
+    """A term is an image file when it is written like a path (./dog, ~/a.jpg, x/y) or has an image
+    extension, and exists: a plain word stays a text, whatever files the working folder holds."""
+    path_like = (
+        os.sep in value or value.startswith(("~", ".")) or os.path.splitext(value)[1].lower() in IMAGE_EXTENSIONS
+    )
+    return path_like and os.path.isfile(os.path.expanduser(value))
+
+
 def parse_terms(tokens: Sequence[str]) -> list[Term]:
     """Terms from CLI arguments: TERM [(+|-) TERM]...; a term naming an existing file is an image.
 
@@ -42,7 +55,7 @@ def parse_terms(tokens: Sequence[str]) -> list[Term]:
     expect_term = True
     for token in tokens:
         if token in ("+", "-"):
-            if expect_term and terms:
+            if expect_term and (terms or sign < 0):
                 raise ClipdexError(f"query: two operators in a row before {token!r}; write TERM + TERM - TERM")
             sign = -1.0 if token == "-" else 1.0
             expect_term = True
@@ -55,7 +68,9 @@ def parse_terms(tokens: Sequence[str]) -> list[Term]:
             weight, value = float(match.group(1)), match.group(2)
         if not value.strip():
             raise ClipdexError(EMPTY)
-        kind = "image" if os.path.isfile(os.path.expanduser(value)) else "text"
+        if not math.isfinite(weight) or weight == 0 or abs(weight) > MAX_WEIGHT:
+            raise ClipdexError(f"query: weight {weight:g} in {token!r}; use a number between 0 and {MAX_WEIGHT:g}")
+        kind = "image" if looks_like_image(value) else "text"
         terms.append(Term(value, sign * weight, kind))
         sign, expect_term = 1.0, False
     if expect_term and terms:

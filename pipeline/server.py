@@ -23,12 +23,11 @@ from typing import Annotated, Any
 import uvicorn
 from fastapi import FastAPI, File, HTTPException, Query, Request, Response, UploadFile
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
-from PIL import Image, ImageOps
 from pydantic import BaseModel
 
 from models import ModelError
 from pipeline.config import TARGETS
-from pipeline.decode import DecodeFailed, decode_bytes, to_rgb
+from pipeline.decode import DecodeFailed, decode_bytes, thumbnail_image
 from pipeline.errors import ClipdexError
 from pipeline.library import Clipdex
 from pipeline.render import hit_dict, stats_dict
@@ -86,9 +85,9 @@ def create_app(
 
     @app.get("/api/search", summary="Images that match a text, best first")
     def search(
-        q: Annotated[str, Query(description="the text", min_length=1, max_length=1000)],
+        q: Annotated[str, Query(description="the text", min_length=1, max_length=1000, pattern=r"\S")],
         k: Annotated[int, Query(ge=1, le=1000)] = 10,
-        min_score: float | None = None,
+        min_score: Annotated[float | None, Query(ge=-1, le=1)] = None,
         where: str | None = None,
         target: Annotated[str, Query(pattern="^(" + "|".join(TARGETS) + ")$")] = "image",
     ) -> dict[str, Any]:
@@ -102,7 +101,7 @@ def create_app(
     async def similar_upload(
         file: Annotated[UploadFile, File(description="an image file")],
         k: Annotated[int, Query(ge=1, le=1000)] = 10,
-        min_score: float | None = None,
+        min_score: Annotated[float | None, Query(ge=-1, le=1)] = None,
         where: str | None = None,
     ) -> dict[str, Any]:
         started = time.perf_counter()
@@ -113,7 +112,7 @@ def create_app(
     def similar_id(
         image_id: str,
         k: Annotated[int, Query(ge=1, le=1000)] = 10,
-        min_score: float | None = None,
+        min_score: Annotated[float | None, Query(ge=-1, le=1)] = None,
         where: str | None = None,
     ) -> dict[str, Any]:
         started = time.perf_counter()
@@ -180,11 +179,8 @@ async def _read_upload(file: UploadFile, limit: int) -> bytes:
 
 def _make_thumbnail(source: Path, target: Path, size: int) -> None:
     try:
-        with Image.open(source) as image:
-            image.draft("RGB", (size, size))
-            thumb = to_rgb(ImageOps.exif_transpose(image))  # alpha onto white, 16-bit scaled
-            thumb.thumbnail((size, size))
-    except (OSError, ValueError) as exc:
+        thumb = thumbnail_image(str(source), size)
+    except (OSError, ValueError, SyntaxError) as exc:
         raise HTTPException(410, f"{source} cannot be read any more ({exc}); run clipdex ingest") from exc
     target.parent.mkdir(parents=True, exist_ok=True)
     buffer = io.BytesIO()

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
+import re
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -41,6 +43,7 @@ HNSW_EF = 300  # candidates kept while walking a graph: recall against latency
 REFINE_FACTOR = 4  # re-rank k * this candidates with the full-precision vectors
 CAPTION_FILTER = "caption_vector IS NOT NULL"
 EXTRA_TYPES = {"string": pa.string(), "int32": pa.int32(), "float32": pa.float32()}
+EXTRA_NAME = re.compile(r"[a-z][a-z0-9_]{0,62}")
 
 
 class Collection:
@@ -163,6 +166,10 @@ class Collection:
         """The images table's columns, extra ones (tags, clusters) included."""
         return list(self._images.schema.names)
 
+    def extra_columns(self) -> set[str]:
+        """Columns added after creation (tags, clusters)."""
+        return set(self._images.schema.names) - set(images_schema(self.dimension).names)
+
     def columns(self, names: Sequence[str]) -> list[dict[str, Any]]:
         """Some metadata columns of every image, as rows."""
         rows: list[dict[str, Any]] = self._images.search().select(list(names)).limit(None).to_arrow().to_pylist()
@@ -181,6 +188,14 @@ class Collection:
         Missing columns are added (null for other images); they can be used in --where.
         """
         types = {name: EXTRA_TYPES[kind] for name, (_, kind) in columns.items()}
+        for name, kind in types.items():
+            if not EXTRA_NAME.fullmatch(name) or name in images_schema(self.dimension).names:
+                raise ValueError(
+                    f"{name!r} cannot be an extra column: use lowercase letters, digits and _, not a built-in"
+                )
+            existing = self._images.schema.field(name).type if name in self._images.schema.names else kind
+            if existing != kind:
+                raise ValueError(f"column {name!r} already holds {existing} values, not {kind}; choose another name")
         missing = [pa.field(name, kind) for name, kind in types.items() if name not in self._images.schema.names]
         if missing:
             with _writing(self.uri):
@@ -204,6 +219,8 @@ class Collection:
         """The k images closest to vector (cosine), best first, filtered by an SQL where clause."""
         if column not in ("vector", "caption_vector"):
             raise ValueError(f"column must be 'vector' or 'caption_vector', not {column!r}")
+        if where:
+            _check_parentheses(where)
         filters = [f"({where})"] if where else []
         if exclude_ids:
             filters.append(f"id NOT IN ({', '.join(_sql_str(i) for i in exclude_ids)})")
@@ -429,6 +446,20 @@ def _refuse_file(uri: str) -> None:
         raise CollectionUnreadable(f"--db {uri} is a file; point --db at a folder (new, or holding a collection)")
 
 
+def _check_parentheses(where: str) -> None:
+    """A filter must not close the parentheses it is wrapped in (and escape the filters ANDed to it)."""
+    depth, quoted = 0, False
+    for char in where:
+        if char == "'":
+            quoted = not quoted
+        elif not quoted and char in "()":
+            depth += 1 if char == "(" else -1
+            if depth < 0:
+                break
+    if depth != 0:
+        raise BadFilter(f"--where {where!r}: unbalanced parentheses; close each one you open")
+
+
 def _bad_filter(where: str | None, exc: Exception) -> str:
     reason = _first_line(exc)
     if "Valid fields" in reason:  # LanceDB already names the columns
@@ -479,11 +510,14 @@ def _record_row(r: ImageRecord, now: datetime) -> dict[str, Any]:
 
 
 def _record(row: dict[str, Any]) -> ImageRecord:
-    row = {k: v for k, v in row.items() if not k.startswith("_")}
+    row = {k: v for k, v in row.items() if k in _RECORD_FIELDS}  # extra columns (tags, clusters) stay out
     row["vector"] = np.asarray(row["vector"], np.float32)
     if row["caption_vector"] is not None:
         row["caption_vector"] = np.asarray(row["caption_vector"], np.float32)
     return ImageRecord(**row)
+
+
+_RECORD_FIELDS = {f.name for f in dataclasses.fields(ImageRecord)}
 
 
 def _hit(row: dict[str, Any]) -> Hit:

@@ -100,7 +100,7 @@ def test_classify_tags_and_stores_them_for_where(lib: Clipdex, db: str) -> None:
     assert [json.loads(line)["label"] for line in lines] == [t.label for t in tags]
     with pytest.raises(ClipdexError, match="at least two labels"):
         classify(lib.collection, lib.encoder, ["cat"])
-    with pytest.raises(ClipdexError, match=r"has no \{\} for the label"):
+    with pytest.raises(ClipdexError, match=r"needs exactly one \{\} for the label"):
         classify(lib.collection, lib.encoder, ["cat", "dog"], prompt="a photo")
 
 

@@ -24,7 +24,10 @@ def test_parse_texts_images_weights_and_signs(tmp_path: Path, monkeypatch: pytes
     ]
     assert parse_terms(["2:beach", "-", "0.5:photo.jpg"]) == [Term("beach", 2.0), Term("photo.jpg", -0.5, "image")]
     assert parse_terms(["-", "crowd"]) == [Term("crowd", -1.0)]
-    assert parse_terms(["12:30 at noon"]) == [Term("30 at noon", 12.0)]  # a weight needs no space after it
+    assert parse_terms(["12:30 at noon"]) == [Term("12:30 at noon")]  # a time, not a weight
+    (tmp_path / "dog").write_bytes(b"x")
+    assert parse_terms(["dog"]) == [Term("dog")]  # a plain word stays a text, whatever files are here
+    assert parse_terms(["./dog"]) == [Term("./dog", 1.0, "image")]
 
 
 @pytest.mark.parametrize(
@@ -35,6 +38,9 @@ def test_parse_texts_images_weights_and_signs(tmp_path: Path, monkeypatch: pytes
         (["beach", "+"], "ends with an operator"),
         (["beach", "+", "-", "x"], "two operators in a row"),
         (["beach", "dog"], r"follows a term without \+ or -"),
+        (["-", "-", "crowd"], "two operators in a row"),
+        (["0:beach"], "weight 0"),
+        (["99999:beach"], "weight 99999"),
     ],
 )
 def test_parse_errors_say_how_to_write_it(tokens: list[str], message: str) -> None:

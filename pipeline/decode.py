@@ -117,20 +117,26 @@ def decode_bytes(name: str, data: bytes, transform: ImageTransform, max_pixels: 
 
 def raw_preview(data: bytes) -> bytes | None:
     """The largest JPEG embedded in a camera RAW file (most carry a full-size preview), or None."""
-    best: tuple[int, int] | None = None  # (pixels, offset)
+    candidates: list[tuple[int, int]] = []  # (pixels, offset)
     start = data.find(JPEG_START)
-    for _ in range(MAX_RAW_PREVIEWS):
-        if start < 0:
-            break
+    while start >= 0 and len(candidates) < MAX_RAW_PREVIEWS:
         try:
             with Image.open(io.BytesIO(data[start:]), formats=("JPEG",)) as preview:
-                pixels = preview.width * preview.height
-            if best is None or pixels > best[0]:
-                best = (pixels, start)
+                candidates.append((preview.width * preview.height, start))
         except (OSError, ValueError, SyntaxError):
             pass
         start = data.find(JPEG_START, start + 3)
-    return data[best[1] :] if best else None
+    # Largest first; a header that parses may still hide a broken stream, so check by decoding
+    # at the smallest DCT scale (cheap) before choosing it.
+    for _, offset in sorted(candidates, key=lambda c: (-c[0], -c[1])):
+        try:
+            with Image.open(io.BytesIO(data[offset:]), formats=("JPEG",)) as preview:
+                preview.draft("RGB", (64, 64))
+                preview.load()
+            return data[offset:]
+        except (OSError, ValueError, SyntaxError):
+            continue
+    return None
 
 
 def thumbnail_image(path: str, size: int) -> Image.Image:

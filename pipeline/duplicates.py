@@ -72,7 +72,7 @@ def find_duplicates(
         for r, c in zip(*np.nonzero(block >= near), strict=True):
             if c > start + r:
                 same.union(int(reps[start + r]), int(reps[c]))
-    near_groups = [g for g in same.groups() if len(g) > 1]
+    near_groups = [star for g in same.groups() if len(g) > 1 for star in _stars(g, vectors, rows, ids, near)]
     grouped = {i for g in near_groups for i in g} | {i for g in exact for i in g[1:]}
     moments = _bursts(ids, vectors, rows, grouped, similar, burst_seconds)
     result = [_group("exact", g, ids, vectors, rows) for g in exact]
@@ -93,7 +93,8 @@ def _bursts(
     """Shots taken within burst_seconds of each other that look alike (capture time, else mtime).
 
     Each image is compared with the BURST_NEIGHBOURS next ones in time order, one vectorised
-    pass per offset: linear in the library's size, even when thousands of files share a time.
+    pass per offset, which keeps it linear; among many files sharing one time, shots more than
+    BURST_NEIGHBOURS apart in that order are not compared.
     """
     order = np.array(sorted((i for i in range(len(ids)) if i not in grouped), key=lambda i: _when(rows[ids[i]])))
     times = np.array([_when(rows[ids[i]]) for i in order])
@@ -104,7 +105,27 @@ def _bursts(
         alike = np.einsum("ij,ij->i", ordered[offset:], ordered[:-offset]) >= similar
         for k in np.nonzero(close & alike)[0]:
             moments.union(int(order[k]), int(order[k + offset]))
-    return [g for g in moments.groups() if len(g) > 1]
+    return [star for g in moments.groups() if len(g) > 1 for star in _stars(g, vectors, rows, ids, similar)]
+
+
+def _stars(
+    members: list[int], vectors: np.ndarray, rows: dict[str, dict[str, Any]], ids: list[str], threshold: float
+) -> list[list[int]]:
+    """Split a chain (a~b, b~c, ...) into groups whose every member is within threshold of its keeper,
+    so that keeping the keeper and deleting the rest never deletes a different picture."""
+    remaining = sorted(members, key=lambda i: _size(rows[ids[i]]), reverse=True)
+    stars = []
+    while len(remaining) > 1:
+        close = vectors[remaining] @ vectors[remaining[0]] >= threshold
+        star = [m for m, c in zip(remaining, close, strict=True) if c]
+        if len(star) > 1:
+            stars.append(star)
+        remaining = [m for m, c in zip(remaining, close, strict=True) if not c]
+    return stars
+
+
+def _size(row: dict[str, Any]) -> tuple[int, int]:
+    return int(row["width"]) * int(row["height"]), int(row["size"])
 
 
 def _when(row: dict[str, Any]) -> float:
@@ -117,11 +138,7 @@ def _when(row: dict[str, Any]) -> float:
 def _group(
     tier: str, members: list[int], ids: list[str], vectors: np.ndarray, rows: dict[str, dict[str, Any]]
 ) -> DuplicateGroup:
-    def size_of(i: int) -> tuple[int, int]:
-        row = rows[ids[i]]
-        return int(row["width"]) * int(row["height"]), int(row["size"])
-
-    keeper = max(members, key=size_of)
+    keeper = max(members, key=lambda i: _size(rows[ids[i]]))
     ordered = [keeper, *sorted((m for m in members if m != keeper), key=lambda m: rows[ids[m]]["path"])]
     found = tuple(
         Member(

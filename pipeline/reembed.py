@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -17,7 +16,7 @@ from pipeline.decode import Decoded, DecodeFailed, decode_file
 from pipeline.errors import ClipdexError
 from pipeline.ingest import Progress, ProgressFn
 from pipeline.workers import DecodePool
-from storage import Failure, FileState, ImageRecord
+from storage import FileState, ImageRecord
 
 if TYPE_CHECKING:
     from storage import Collection, Staging
@@ -30,7 +29,7 @@ class ReembedReport:
     model: str
     reembedded: int = 0
     resumed: int = 0  # rows a previous, interrupted run had already done
-    failed: int = 0  # files that could not be read again: left out, and listed in failures
+    failed: int = 0  # files that could not be read again: the switch waits until they are dealt with
     seconds: float = 0.0
 
 
@@ -48,19 +47,21 @@ def reembed(
     if Fingerprint.from_json(collection.model) == fingerprint:
         raise ClipdexError(f"the collection already uses {fingerprint.label}; name another --model")
     staging = collection.staging(fingerprint.to_json(), fingerprint.dimension)
-    done = staging.done_ids()
     states = {s.id: s for s in collection.file_states().values()}
-    todo = [s for s in states.values() if s.id not in done]
-    report = ReembedReport(model=fingerprint.label, resumed=len(done))
+    # Staged rows stay only while they still describe the stored image (an ingest may have run).
+    staged = staging.done()
+    current = {i for i, row in staged.items() if i in states and row == _key(states[i])}
+    staging.discard(set(staged) - current)
+    todo = [s for s in states.values() if s.id not in current]
+    report = ReembedReport(model=fingerprint.label, resumed=len(current))
     by_path = {s.path: s for s in todo}
     batch: list[Decoded] = []
+    unreadable: list[DecodeFailed] = []
     with DecodePool(workers) as pool:
         results = pool.map(decode_file, list(by_path), encoder.transform, max_pixels)
         for count, result in enumerate(results, 1):
             if isinstance(result, DecodeFailed):
-                state = by_path[result.path]
-                failure = Failure(result.path, result.reason, state.size, state.mtime_ns, datetime.now(UTC))
-                collection.record_failures([failure])
+                unreadable.append(result)
                 report.failed += 1
             else:
                 batch.append(result)
@@ -69,9 +70,21 @@ def reembed(
                 batch = []
             if progress is not None:
                 progress(Progress("embed", count, len(by_path)))
+    if unreadable:
+        # Switching now would drop these images (their old vectors cannot stay): keep the old model.
+        first = unreadable[0]
+        raise ClipdexError(
+            f"{len(unreadable)} stored files could not be read again (first: {first.path}: {first.reason}); "
+            f"the collection still uses {Fingerprint.from_json(collection.model).label}; bring them back, or "
+            "let `clipdex ingest` remove them, then run reembed again (it resumes)"
+        )
     staging.switch()
     report.seconds = time.monotonic() - started
     return report
+
+
+def _key(state: FileState) -> tuple[str, str, str | None]:
+    return (state.path, state.hash, state.caption)
 
 
 def _stage(staging: Staging, encoder: Encoder, batch: list[Decoded], by_path: dict[str, FileState]) -> int:

@@ -75,6 +75,13 @@ def create_app(
     def server_error(request: Request, exc: Exception) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, 503)
 
+    @app.exception_handler(Exception)
+    def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        if not lib.collection.is_current():  # `clipdex reembed` switched models under this server
+            detail = f"{lib.collection.uri} now holds another model's vectors; restart clipdex serve"
+            return JSONResponse({"detail": detail}, 503)
+        return JSONResponse({"detail": f"internal error: {type(exc).__name__}: {exc}"}, 500)
+
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def page() -> str:
         return resources.files("pipeline").joinpath("web", "index.html").read_text(encoding="utf-8")

@@ -162,6 +162,14 @@ class Collection:
         flat = table.column("vector").combine_chunks().flatten().to_numpy(zero_copy_only=False)
         return found, np.asarray(flat, np.float32).reshape(len(found), self.dimension)
 
+    def is_current(self) -> bool:
+        """False once another process switched the collection to another model (reembed)."""
+        try:
+            meta = {r["key"]: r["value"] for r in self._db.open_table(META).to_arrow().to_pylist()}
+        except (OSError, RuntimeError, ValueError):
+            return False
+        return (meta.get("model"), meta.get("images_table", IMAGES)) == (self.model, self._images.name)
+
     def column_names(self) -> list[str]:
         """The images table's columns, extra ones (tags, clusters) included."""
         return list(self._images.schema.names)
@@ -414,9 +422,18 @@ class Staging:
         self.model = model
         self.dimension = dimension
 
-    def done_ids(self) -> set[str]:
-        """Ids already re-embedded (a re-run resumes after them)."""
-        return set(self.table.search().select(["id"]).limit(None).to_arrow().column("id").to_pylist())
+    def done(self) -> dict[str, tuple[str, str, str | None]]:
+        """id -> (path, hash, caption) of the rows already re-embedded (a re-run resumes after them)."""
+        rows = self.table.search().select(["id", "path", "hash", "caption"]).limit(None).to_arrow().to_pylist()
+        return {r["id"]: (r["path"], r["hash"], r["caption"]) for r in rows}
+
+    def discard(self, ids: Iterable[str]) -> None:
+        """Drop staged rows (their image changed or left the collection since they were staged)."""
+        ids = list(ids)
+        with _writing(self.collection.uri):
+            for start in range(0, len(ids), DELETE_CHUNK):
+                chunk = ids[start : start + DELETE_CHUNK]
+                self.table.delete(f"id IN ({', '.join(_sql_str(i) for i in chunk)})")
 
     def add(self, records: Sequence[ImageRecord]) -> None:
         """Stage a batch of re-embedded rows, in one commit."""

@@ -200,3 +200,96 @@ def test_reembed_switches_models_without_mixing_and_resumes(
     assert lib.ingest([photos / "good"]).unchanged == 17
     result = run("reembed", "--db", db, "--model", other_model, ok=False)
     assert "already uses local-dir:" in result.stderr
+
+
+def test_extra_columns_never_break_lookups_and_builtins_are_refused(lib: Clipdex, db: str, tmp_path: Path) -> None:
+    from fastapi.testclient import TestClient  # noqa: PLC0415
+
+    from pipeline.server import create_app  # noqa: PLC0415
+
+    classify(lib.collection, lib.encoder, ["cat", "dog"], store="tag")
+    first = lib.search("x", k=1)[0]
+    assert lib.similar_to(first.id, k=2)
+    client = TestClient(create_app(lib, thumbnails=tmp_path / "t"))
+    assert client.get(f"/api/images/{first.id}/thumbnail").status_code == 200
+    assert client.get(f"/api/similar/{first.id}").status_code == 200
+    before = lib.collection.column_names()
+    for column, message in (
+        ("path", "built-in"),
+        ("cluster", "not a SQL word"),
+        ("Tag", "lowercase"),
+        ("x_score", "lowercase"),
+    ):
+        with pytest.raises(ClipdexError, match=message):
+            classify(lib.collection, lib.encoder, ["cat", "dog"], store=column)
+    assert lib.collection.column_names() == before
+    with pytest.raises(Exception, match="unbalanced parentheses"):
+        lib.search("x", where="1=1) OR (1=1")
+
+
+def test_duplicate_chains_are_split_around_keepers(tmp_path: Path) -> None:
+    from storage import Collection, ImageRecord  # noqa: PLC0415
+
+    collection = Collection.create(str(tmp_path / "c"), model="{}", dimension=2)
+    angles = np.arange(10) * np.arccos(0.96)  # each vector 0.96 from the next: a chain
+    records = [
+        ImageRecord(
+            f"i{n}",
+            f"/p/{n}.jpg",
+            1000 - n,
+            n * 10**12,
+            f"h{n}",
+            10,
+            10,
+            "JPEG",
+            np.array([np.cos(a), np.sin(a)], np.float32),
+        )
+        for n, a in enumerate(angles)
+    ]
+    collection.upsert(records)
+    groups = find_duplicates(collection, near=0.95, similar=0.99, burst_seconds=0)
+    assert groups
+    for group in groups:
+        assert all(m.score >= 0.95 for m in group.members)
+
+
+def test_reembed_waits_for_unreadable_files_and_server_says_restart(
+    photos: Path, db: str, tiny_model: str, other_model: str, tmp_path: Path
+) -> None:
+    from fastapi.testclient import TestClient  # noqa: PLC0415
+
+    import models  # noqa: PLC0415
+    from pipeline.reembed import reembed  # noqa: PLC0415
+    from pipeline.server import create_app  # noqa: PLC0415
+    from storage import Collection  # noqa: PLC0415
+
+    lib = Clipdex.open(db, model=tiny_model, create=True, settings=Settings(workers=0))
+    lib.ingest([photos / "good"])
+    client = TestClient(create_app(lib, thumbnails=tmp_path / "t"), raise_server_exceptions=False)
+    encoder = models.load_encoder(models.EncoderSpec(model=other_model, device="cpu"))
+    shutil.move(photos / "good" / "photo.jpg", tmp_path / "away.jpg")  # an unmounted drive, say
+    with pytest.raises(ClipdexError, match=r"1 stored files could not be read again \(first: .*photo.jpg: cannot read"):
+        reembed(Collection.open(db), encoder)
+    assert Collection.open(db).model == lib.collection.model  # still the old model, nothing lost
+    assert lib.collection.count() == 17
+    shutil.move(tmp_path / "away.jpg", photos / "good" / "photo.jpg")
+    report = reembed(Collection.open(db), encoder)
+    assert (report.resumed, report.reembedded) == (16, 1)
+    response = client.get("/api/search", params={"q": "x"})
+    assert response.status_code == 503
+    assert response.json()["detail"].endswith("now holds another model's vectors; restart clipdex serve")
+
+
+def test_map_escapes_paths_and_raw_thumbnails_work(tmp_path: Path, db: str, tiny_model: str) -> None:
+    from pipeline.clusters import map_html  # noqa: PLC0415
+    from tests.test_decode import _fake_raw  # noqa: PLC0415
+
+    folder = tmp_path / "x<img src=y onerror=alert(1)>"
+    folder.mkdir()
+    corpus.pattern_image(folder / "x.png", seed=1)
+    _fake_raw(folder / "DSC_1.NEF", [(160, 120)])
+    lib = Clipdex.open(db, model=tiny_model, create=True, settings=Settings(workers=0))
+    assert lib.ingest([folder]).added == 2
+    page = map_html(lib.collection)
+    assert "<img src=y" not in page
+    assert page.count("data:image/jpeg;base64,") == 2  # the RAW file's preview too

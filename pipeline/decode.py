@@ -19,6 +19,7 @@ from PIL import Image, ImageCms, ImageFile, ImageOps, UnidentifiedImageError
 
 from models.transform import ImageTransform
 from pipeline.captions import clean_caption, xmp_description
+from storage.records import ImageRecord
 
 pillow_heif.register_heif_opener()
 # Our own pixel cap (max_pixels) replaces Pillow's, so the message can name the flag.
@@ -55,6 +56,34 @@ class Decoded:
     taken_at: datetime | None
     description: str | None  # EXIF ImageDescription or XMP dc:description
     pixels: np.ndarray | None
+
+    def record(
+        self,
+        image_id: str,
+        *,
+        size: int,
+        mtime_ns: int,
+        vector: np.ndarray,
+        caption: tuple[str | None, str | None, np.ndarray | None],
+    ) -> ImageRecord:
+        """The row to store for this image: its facts, its vector, and (caption, source, caption vector)."""
+        text, source, caption_vector = caption
+        return ImageRecord(
+            id=image_id,
+            path=self.path,
+            size=size,
+            mtime_ns=mtime_ns,
+            hash=self.hash,
+            width=self.width,
+            height=self.height,
+            format=self.format,
+            vector=vector,
+            taken_at=self.taken_at,
+            description=self.description,
+            caption=text,
+            caption_source=source,
+            caption_vector=caption_vector,
+        )
 
 
 @dataclass(frozen=True)

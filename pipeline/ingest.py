@@ -23,7 +23,7 @@ from pipeline.captions import read_sidecar
 from pipeline.decode import Decoded, DecodeFailed, decode_file, hash_file
 from pipeline.scan import ScannedFile, Scanner, ScanResult
 from pipeline.workers import DecodePool
-from storage import CaptionUpdate, Failure, FileState, ImageRecord, Moved
+from storage import CaptionUpdate, Failure, FileState, Moved
 
 if TYPE_CHECKING:
     from storage import Collection
@@ -259,25 +259,12 @@ class Ingester:
                 batch, vectors, captions, caption_vectors, strict=True
             ):
                 stored, f = states.get(d.path), files[d.path]
+                # size and mtime as scanned: if the file changed since, the next run sees a
+                # difference and checks it again.
+                image_id = stored.id if stored else secrets.token_hex(8)
+                caption_info = (caption, source, caption_vector)
                 records.append(
-                    ImageRecord(
-                        id=stored.id if stored else secrets.token_hex(8),
-                        path=d.path,
-                        # size and mtime as scanned: if the file changed since, the next run
-                        # sees a difference and checks it again.
-                        size=f.size,
-                        mtime_ns=f.mtime_ns,
-                        hash=d.hash,
-                        width=d.width,
-                        height=d.height,
-                        format=d.format,
-                        vector=vector,
-                        taken_at=d.taken_at,
-                        description=d.description,
-                        caption=caption,
-                        caption_source=source,
-                        caption_vector=caption_vector,
-                    )
+                    d.record(image_id, size=f.size, mtime_ns=f.mtime_ns, vector=vector, caption=caption_info)
                 )
                 if stored:
                     report.updated += 1

@@ -16,7 +16,7 @@ from pipeline.decode import Decoded, DecodeFailed, decode_file
 from pipeline.errors import ClipdexError
 from pipeline.ingest import Progress, ProgressFn
 from pipeline.workers import DecodePool
-from storage import FileState, ImageRecord
+from storage import FileState
 
 if TYPE_CHECKING:
     from storage import Collection, Staging
@@ -95,24 +95,9 @@ def _stage(staging: Staging, encoder: Encoder, batch: list[Decoded], by_path: di
     caption_vectors = iter(encoder.embed_texts(texts)) if texts else iter(())
     records = []
     for d, state, vector, caption in zip(batch, states, vectors, captions, strict=True):
-        records.append(
-            ImageRecord(
-                id=state.id,
-                path=d.path,
-                size=d.size,
-                # Content that changed since the last ingest gets mtime 0, so the next ingest checks it.
-                mtime_ns=state.mtime_ns if d.hash == state.hash else 0,
-                hash=d.hash,
-                width=d.width,
-                height=d.height,
-                format=d.format,
-                vector=vector,
-                taken_at=d.taken_at,
-                description=d.description,
-                caption=caption,
-                caption_source=state.caption_source,
-                caption_vector=next(caption_vectors) if caption else None,
-            )
-        )
+        # Content that changed since the last ingest gets mtime 0, so the next ingest checks it.
+        mtime_ns = state.mtime_ns if d.hash == state.hash else 0
+        caption_info = (caption, state.caption_source, next(caption_vectors) if caption else None)
+        records.append(d.record(state.id, size=d.size, mtime_ns=mtime_ns, vector=vector, caption=caption_info))
     staging.add(records)
     return len(records)

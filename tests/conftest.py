@@ -64,7 +64,7 @@ def db(tmp_path: Path) -> str:
 
 @pytest.fixture
 def lib(photos: Path, db: str, tiny_model: str) -> Clipdex:
-    library = Clipdex.open(db, model=tiny_model, create=True, settings=Settings(workers=0))
+    library = open_library(db, tiny_model)
     library.ingest([photos / "good"])
     return library
 
@@ -92,6 +92,11 @@ def live_server(lib: Clipdex, tmp_path: Path) -> Iterator[str]:
     yield f"http://127.0.0.1:{port}"
     server.should_exit = True
     thread.join(timeout=10)
+
+
+def open_library(db: str, model: str, **settings: object) -> Clipdex:
+    """A collection at db with this model (created if new), decoding in-process unless told otherwise."""
+    return Clipdex.open(db, model=model, create=True, settings=Settings(workers=0).override(**settings))
 
 
 def run(*args: str, ok: bool = True) -> Result:

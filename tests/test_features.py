@@ -18,7 +18,7 @@ from pipeline.duplicates import find_duplicates
 from pipeline.evaluate import evaluate
 from pipeline.query import Term
 from tests import corpus
-from tests.conftest import run
+from tests.conftest import open_library, run
 
 
 def test_within_keeps_results_close_to_the_best(lib: Clipdex) -> None:
@@ -72,7 +72,7 @@ def album(tmp_path: Path) -> Path:
 
 
 def test_duplicates_come_in_tiers_with_the_largest_as_keeper(album: Path, db: str, tiny_model: str) -> None:
-    lib = Clipdex.open(db, model=tiny_model, create=True, settings=Settings(workers=0))
+    lib = open_library(db, tiny_model)
     lib.ingest([album])
     groups = find_duplicates(lib.collection, near=0.9995, similar=0.98, burst_seconds=30)
     tiers = {g.tier: sorted(Path(m.path).name for m in g.members) for g in groups}
@@ -164,7 +164,7 @@ def test_reembed_switches_models_without_mixing_and_resumes(
     from storage import Collection, Staging  # noqa: PLC0415
 
     (photos / "good" / "photo.txt").write_text("a dog on the beach")
-    old = Clipdex.open(db, model=tiny_model, create=True, settings=Settings(workers=0))
+    old = open_library(db, tiny_model)
     old.ingest([photos / "good"])
     before = {p: s.id for p, s in old.collection.file_states().items()}
     new_encoder = models.load_encoder(models.EncoderSpec(model=other_model, device="cpu"))
@@ -263,7 +263,7 @@ def test_reembed_waits_for_unreadable_files_and_server_says_restart(
     from pipeline.server import create_app  # noqa: PLC0415
     from storage import Collection  # noqa: PLC0415
 
-    lib = Clipdex.open(db, model=tiny_model, create=True, settings=Settings(workers=0))
+    lib = open_library(db, tiny_model)
     lib.ingest([photos / "good"])
     client = TestClient(create_app(lib, thumbnails=tmp_path / "t"), raise_server_exceptions=False)
     encoder = models.load_encoder(models.EncoderSpec(model=other_model, device="cpu"))
@@ -288,7 +288,7 @@ def test_map_escapes_paths_and_raw_thumbnails_work(tmp_path: Path, db: str, tiny
     folder.mkdir()
     corpus.pattern_image(folder / "x.png", seed=1)
     _fake_raw(folder / "DSC_1.NEF", [(160, 120)])
-    lib = Clipdex.open(db, model=tiny_model, create=True, settings=Settings(workers=0))
+    lib = open_library(db, tiny_model)
     assert lib.ingest([folder]).added == 2
     page = map_html(lib.collection)
     assert "<img src=y" not in page

@@ -10,17 +10,13 @@ import numpy as np
 import pytest
 
 from pipeline import Clipdex, ModelMismatch
-from pipeline.config import Settings
 from pipeline.errors import InputNotFound
 from storage import Collection
 from tests import corpus
+from tests.conftest import open_library
 
 N_GOOD = 17  # corpus.good_images (heic included)
 N_BAD = 6  # corpus.bad_files
-
-
-def open_lib(db: str, model: str, **settings: object) -> Clipdex:
-    return Clipdex.open(db, model=model, create=True, settings=Settings(workers=0).override(**settings))
 
 
 def vectors(lib: Clipdex) -> dict[str, tuple[str, bytes]]:
@@ -34,7 +30,7 @@ def vectors(lib: Clipdex) -> dict[str, tuple[str, bytes]]:
 
 
 def test_first_run_adds_every_image_and_records_every_failure(photos: Path, db: str, tiny_model: str) -> None:
-    lib = open_lib(db, tiny_model)
+    lib = open_library(db, tiny_model)
     report = lib.ingest([photos])
     assert report.counts() == {
         "added": N_GOOD,
@@ -66,7 +62,7 @@ def test_first_run_adds_every_image_and_records_every_failure(photos: Path, db: 
 def test_rerun_changes_nothing_and_decodes_nothing(
     photos: Path, db: str, tiny_model: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    lib = open_lib(db, tiny_model)
+    lib = open_library(db, tiny_model)
     lib.ingest([photos])
     before = vectors(lib)
     version = lib.collection._images.version
@@ -84,7 +80,7 @@ def test_rerun_changes_nothing_and_decodes_nothing(
 
 
 def test_changed_file_is_reembedded_under_the_same_id(photos: Path, db: str, tiny_model: str) -> None:
-    lib = open_lib(db, tiny_model)
+    lib = open_library(db, tiny_model)
     lib.ingest([photos])
     target = photos / "good" / "photo.jpg"
     old = vectors(lib)[str(target)]
@@ -99,7 +95,7 @@ def test_changed_file_is_reembedded_under_the_same_id(photos: Path, db: str, tin
 
 
 def test_touched_file_keeps_its_vector(photos: Path, db: str, tiny_model: str) -> None:
-    lib = open_lib(db, tiny_model)
+    lib = open_library(db, tiny_model)
     lib.ingest([photos])
     target = photos / "good" / "photo.jpg"
     before = vectors(lib)[str(target)]
@@ -114,7 +110,7 @@ def test_touched_file_keeps_its_vector(photos: Path, db: str, tiny_model: str) -
 def test_moved_and_renamed_files_keep_id_and_vector_without_decoding(
     photos: Path, db: str, tiny_model: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    lib = open_lib(db, tiny_model)
+    lib = open_library(db, tiny_model)
     lib.ingest([photos])
     before = vectors(lib)
     (photos / "moved").mkdir()
@@ -136,7 +132,7 @@ def test_moved_and_renamed_files_keep_id_and_vector_without_decoding(
 
 
 def test_deleted_files_are_removed_and_their_failures_forgotten(photos: Path, db: str, tiny_model: str) -> None:
-    lib = open_lib(db, tiny_model)
+    lib = open_library(db, tiny_model)
     lib.ingest([photos])
     (photos / "good" / "photo.jpg").unlink()
     (photos / "bad" / "empty.jpg").unlink()
@@ -147,7 +143,7 @@ def test_deleted_files_are_removed_and_their_failures_forgotten(photos: Path, db
 
 
 def test_another_root_leaves_the_first_alone(photos: Path, db: str, tiny_model: str, tmp_path: Path) -> None:
-    lib = open_lib(db, tiny_model)
+    lib = open_library(db, tiny_model)
     lib.ingest([photos / "good"])
     extra = tmp_path / "extra"
     corpus.pattern_image(extra / "a.png", seed=5)
@@ -159,7 +155,7 @@ def test_another_root_leaves_the_first_alone(photos: Path, db: str, tiny_model: 
 
 
 def test_failed_files_are_not_retried_until_they_change(photos: Path, db: str, tiny_model: str) -> None:
-    lib = open_lib(db, tiny_model)
+    lib = open_library(db, tiny_model)
     lib.ingest([photos])
     broken = photos / "bad" / "truncated.jpg"
     corpus.solid_jpeg(broken, (10, 20, 30))  # repaired
@@ -172,7 +168,7 @@ def test_failed_files_are_not_retried_until_they_change(photos: Path, db: str, t
 def test_a_crash_keeps_finished_batches_and_the_next_run_completes(
     photos: Path, db: str, tiny_model: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    lib = open_lib(db, tiny_model, batch_size=4)
+    lib = open_library(db, tiny_model, batch_size=4)
     real_upsert = Collection.upsert
     calls = []
 
@@ -193,8 +189,8 @@ def test_a_crash_keeps_finished_batches_and_the_next_run_completes(
 
 
 def test_worker_processes_give_the_same_vectors_as_in_process(photos: Path, tmp_path: Path, tiny_model: str) -> None:
-    inline = open_lib(str(tmp_path / "inline"), tiny_model, workers=0)
-    pooled = open_lib(str(tmp_path / "pooled"), tiny_model, workers=2)
+    inline = open_library(str(tmp_path / "inline"), tiny_model, workers=0)
+    pooled = open_library(str(tmp_path / "pooled"), tiny_model, workers=2)
     inline.ingest([photos])
     report = pooled.ingest([photos])
     assert (report.added, report.failed) == (N_GOOD, N_BAD)
@@ -204,7 +200,7 @@ def test_worker_processes_give_the_same_vectors_as_in_process(photos: Path, tmp_
 
 
 def test_collection_folder_inside_the_photos_is_skipped(photos: Path, tiny_model: str) -> None:
-    lib = open_lib(str(photos / "good" / ".." / "index"), tiny_model)
+    lib = open_library(str(photos / "good" / ".." / "index"), tiny_model)
     lib.ingest([photos])
     assert lib.ingest([photos]).unchanged == N_GOOD
     assert not any("/index/" in p for p in lib.collection.file_states())
@@ -215,7 +211,7 @@ def test_captions_from_sidecar_and_manifest_follow_edits(photos: Path, db: str, 
     (good / "photo.txt").write_text("\n  a dog on the beach  \nsecond line\n")
     manifest = photos / "captions.csv"
     manifest.write_text("path,caption\ngood/scan.tiff,a scanned letter\n")
-    lib = open_lib(db, tiny_model)
+    lib = open_library(db, tiny_model)
     lib.ingest([photos], captions=manifest)
     photo = lib.collection.get_by_path(str(good / "photo.jpg"))
     scan = lib.collection.get_by_path(str(good / "scan.tiff"))
@@ -242,22 +238,22 @@ def test_captions_from_sidecar_and_manifest_follow_edits(photos: Path, db: str, 
 def test_a_second_model_is_refused_and_nothing_changes(
     photos: Path, db: str, tiny_model: str, other_model: str
 ) -> None:
-    open_lib(db, tiny_model).ingest([photos])
+    open_library(db, tiny_model).ingest([photos])
     files_before = sorted(p.relative_to(db) for p in Path(db).rglob("*"))
     with pytest.raises(ModelMismatch, match=r"holds vectors of local-dir:.*tiny-model.*, not local-dir:.*other-model"):
-        open_lib(db, other_model)
+        open_library(db, other_model)
     assert sorted(p.relative_to(db) for p in Path(db).rglob("*")) == files_before
 
 
 def test_missing_root_is_refused_before_anything_is_written(db: str, tiny_model: str, tmp_path: Path) -> None:
-    lib = open_lib(db, tiny_model)
+    lib = open_library(db, tiny_model)
     with pytest.raises(InputNotFound, match=r"/nowhere does not exist; check the path to ingest"):
         lib.ingest([tmp_path / "nowhere"])
     assert lib.collection.count() == 0
 
 
 def test_search_similar_and_filters(photos: Path, db: str, tiny_model: str) -> None:
-    lib = open_lib(db, tiny_model)
+    lib = open_library(db, tiny_model)
     lib.ingest([photos])
     good = photos / "good"
     hits = lib.similar(good / "photo.jpg", k=3)
@@ -277,8 +273,8 @@ def test_search_similar_and_filters(photos: Path, db: str, tiny_model: str) -> N
 def test_index_is_built_above_the_threshold_and_refreshed_after(
     photos: Path, db: str, tiny_model: str, tmp_path: Path
 ) -> None:
-    lib = open_lib(db, tiny_model, index_threshold=10)
-    plain = open_lib(str(tmp_path / "exact"), tiny_model)
+    lib = open_library(db, tiny_model, index_threshold=10)
+    plain = open_library(str(tmp_path / "exact"), tiny_model)
     plain.ingest([photos])
     exact = [h.path for h in plain.similar(photos / "good" / "photo.jpg", k=3)]
     report = lib.ingest([photos])
@@ -294,7 +290,7 @@ def test_index_is_built_above_the_threshold_and_refreshed_after(
 def test_repeated_text_queries_are_embedded_once(
     photos: Path, db: str, tiny_model: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    lib = open_lib(db, tiny_model)
+    lib = open_library(db, tiny_model)
     lib.ingest([photos / "good"])
     calls: list[list[str]] = []
     real = lib.encoder.embed_texts

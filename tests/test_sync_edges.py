@@ -10,14 +10,9 @@ from pathlib import Path
 import pytest
 
 from pipeline import Clipdex, ModelMismatch
-from pipeline.config import Settings
 from storage import Collection, StorageError
 from tests import corpus
-from tests.conftest import run
-
-
-def lib_for(db: str, model: str, **settings: object) -> Clipdex:
-    return Clipdex.open(db, model=model, create=True, settings=Settings(workers=0).override(**settings))
+from tests.conftest import open_library, run
 
 
 @pytest.fixture
@@ -34,7 +29,7 @@ def paths_and_ids(lib: Clipdex) -> dict[str, str]:
 
 
 def test_moving_a_file_onto_a_stored_path_leaves_one_row(pics: Path, db: str, tiny_model: str) -> None:
-    lib = lib_for(db, tiny_model)
+    lib = open_library(db, tiny_model)
     lib.ingest([pics])
     ids = paths_and_ids(lib)
     shutil.move(pics / "p0.jpg", pics / "p1.jpg")
@@ -49,7 +44,7 @@ def test_moving_a_file_onto_a_stored_path_leaves_one_row(pics: Path, db: str, ti
 def test_rows_under_a_folder_that_cannot_be_listed_are_kept(
     pics: Path, db: str, tiny_model: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    lib = lib_for(db, tiny_model)
+    lib = open_library(db, tiny_model)
     lib.ingest([pics])
     before = paths_and_ids(lib)
     real_scandir = os.scandir
@@ -69,7 +64,7 @@ def test_rows_under_a_folder_that_cannot_be_listed_are_kept(
 
 def test_filters_narrow_the_scan_but_do_not_delete(pics: Path, db: str, tiny_model: str) -> None:
     corpus.pattern_image(pics / "IMG_9.JPG", seed=9)
-    lib = lib_for(db, tiny_model)
+    lib = open_library(db, tiny_model)
     assert lib.ingest([pics]).added == 5
     lib.settings = lib.settings.override(include=("*.jpg",))
     report = lib.ingest([pics])
@@ -78,7 +73,7 @@ def test_filters_narrow_the_scan_but_do_not_delete(pics: Path, db: str, tiny_mod
 
 
 def test_an_emptied_root_is_taken_for_an_unmounted_drive(pics: Path, db: str, tiny_model: str) -> None:
-    lib = lib_for(db, tiny_model)
+    lib = open_library(db, tiny_model)
     lib.ingest([pics])
     shutil.rmtree(pics)
     pics.mkdir()
@@ -94,7 +89,7 @@ def test_an_emptied_root_is_taken_for_an_unmounted_drive(pics: Path, db: str, ti
 def test_manifest_captions_survive_a_run_without_the_manifest(pics: Path, db: str, tiny_model: str) -> None:
     manifest = pics.parent / "m.csv"
     manifest.write_text("pics/p0.jpg,a red bicycle\n")
-    lib = lib_for(db, tiny_model)
+    lib = open_library(db, tiny_model)
     lib.ingest([pics], captions=manifest)
     assert lib.ingest([pics]).captions == 0
     record = lib.collection.get_by_path(str(pics / "p0.jpg"))
@@ -109,7 +104,7 @@ def test_removing_a_sidecar_brings_back_the_embedded_description(tmp_path: Path,
     good = tmp_path / "good"
     corpus.good_images(good)
     (good / "rotated.txt").write_text("my own words")
-    lib = lib_for(db, tiny_model)
+    lib = open_library(db, tiny_model)
     lib.ingest([good])
     record = lib.collection.get_by_path(str(good / "rotated.jpg"))
     assert record is not None and record.caption_source == "sidecar"
@@ -121,7 +116,7 @@ def test_removing_a_sidecar_brings_back_the_embedded_description(tmp_path: Path,
 
 
 def test_caption_edits_of_touched_and_moved_files_apply_in_the_same_run(pics: Path, db: str, tiny_model: str) -> None:
-    lib = lib_for(db, tiny_model)
+    lib = open_library(db, tiny_model)
     lib.ingest([pics])
     (pics / "p0.txt").write_text("a touched photo")
     os.utime(pics / "p0.jpg", ns=(10**18, 10**18))
@@ -134,7 +129,7 @@ def test_caption_edits_of_touched_and_moved_files_apply_in_the_same_run(pics: Pa
 
 
 def test_a_file_that_breaks_loses_its_stale_row(pics: Path, db: str, tiny_model: str) -> None:
-    lib = lib_for(db, tiny_model)
+    lib = open_library(db, tiny_model)
     lib.ingest([pics])
     data = (pics / "p1.jpg").read_bytes()
     (pics / "p1.jpg").write_bytes(data[: len(data) // 3])
@@ -147,7 +142,7 @@ def test_a_file_that_breaks_loses_its_stale_row(pics: Path, db: str, tiny_model:
 def test_symlinks_never_duplicate_rows(pics: Path, db: str, tiny_model: str, tmp_path: Path) -> None:
     (pics / "alias").symlink_to(pics / "sub")
     (tmp_path / "link").symlink_to(pics)
-    lib = lib_for(db, tiny_model)
+    lib = open_library(db, tiny_model)
     lib.ingest([pics])
     lib.ingest([tmp_path / "link"])
     assert sorted(lib.collection.file_states()) == sorted(
@@ -156,14 +151,14 @@ def test_symlinks_never_duplicate_rows(pics: Path, db: str, tiny_model: str, tmp
 
 
 def test_mismatch_names_the_asked_model_without_inventing_its_dimension(pics: Path, db: str, tiny_model: str) -> None:
-    lib_for(db, tiny_model).ingest([pics])
+    open_library(db, tiny_model).ingest([pics])
     with pytest.raises(ModelMismatch) as info:
-        lib_for(db, "ViT-B-32")
+        open_library(db, "ViT-B-32")
     assert ", not ViT-B-32 (laion2b_s34b_b79k); use --model local-dir:" in str(info.value)
 
 
 def test_write_errors_are_one_line(pics: Path, db: str, tiny_model: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    lib = lib_for(db, tiny_model)
+    lib = open_library(db, tiny_model)
 
     def read_only(*args: object, **kwargs: object) -> None:
         raise RuntimeError("lance error: LanceError(IO): Permission denied\nmore detail")

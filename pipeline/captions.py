@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 
 from pipeline.errors import InputNotFound, ManifestError
+from pipeline.sources import is_uri, read_bytes
 
 MAX_CAPTION_CHARS = 1000
 
@@ -28,8 +29,7 @@ def clean_caption(text: str | None) -> str | None:
 def read_sidecar(path: str) -> str | None:
     """The caption in a sidecar text file; None when it is empty or unreadable."""
     try:
-        with open(path, "rb") as f:
-            return clean_caption(f.read(64 * 1024).decode("utf-8-sig", errors="replace"))
+        return clean_caption(read_bytes(path)[: 64 * 1024].decode("utf-8-sig", errors="replace"))
     except OSError:
         return None
 
@@ -70,7 +70,9 @@ def read_manifest(path: str | Path) -> dict[str, str]:
     captions: dict[str, str] = {}
     for image, caption in pairs:
         cleaned = clean_caption(caption)
-        if cleaned:
+        if cleaned and is_uri(image):
+            captions[image] = cleaned
+        elif cleaned:
             captions[os.path.normpath(os.path.join(base, os.path.expanduser(image)))] = cleaned
     return captions
 

@@ -20,7 +20,7 @@ from pipeline.classify import classify as run_classify
 from pipeline.client import Client
 from pipeline.clusters import cluster as run_cluster
 from pipeline.clusters import map_html
-from pipeline.config import TARGETS, Settings, load_settings
+from pipeline.config import ENGINES, TARGETS, Settings, load_settings
 from pipeline.duplicates import BURST_SECONDS, NEAR, SIMILAR, find_duplicates
 from pipeline.errors import ClipdexError
 from pipeline.query import Term, parse_terms
@@ -35,6 +35,7 @@ from pipeline.render import (
     stats_dict,
     stats_text,
 )
+from pipeline.sources import is_uri
 from storage import CollectionNotFound, Hit, StorageError
 
 if TYPE_CHECKING:
@@ -95,6 +96,18 @@ def query_options(f: F) -> F:
     return model_options(f)
 
 
+class PathOrUri(click.ParamType):  # type: ignore[type-arg]
+    """A local path that must exist, or an s3:// / gs:// prefix (checked when listed)."""
+
+    name = "path"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        text = str(value)
+        if is_uri(text):
+            return text
+        return str(click.Path(exists=True).convert(value, param, ctx))
+
+
 def _settings(config_file: str | None, **flags: Any) -> Settings:
     return load_settings(config_file).override(**flags)
 
@@ -117,12 +130,18 @@ def cli() -> None:
 
 
 @cli.command()
-@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True))
+@click.argument("paths", nargs=-1, required=True, type=PathOrUri())
 @click.option("--include", multiple=True, help="Only files matching this glob (repeatable).")
 @click.option("--exclude", multiple=True, help="Skip files and folders matching this glob (repeatable).")
 @click.option("--captions", type=click.Path(exists=True, dir_okay=False), help="CSV or JSON Lines of path,caption.")
 @click.option("--max-pixels", type=click.IntRange(min=1), help="Refuse larger images [default: 200000000].")
-@click.option("--workers", type=click.IntRange(min=0), help="Decode processes; 0 decodes in-process.")
+@click.option(
+    "--workers", type=click.IntRange(min=0), help="Decode processes; 0 decodes in-process (ray: encoder actors)."
+)
+@click.option("--engine", type=click.Choice(ENGINES), help="local, or ray for a Ray cluster [default: local].")
+@click.option("--ray-address", help="A running Ray cluster (auto, ray://head:10001) [default: start one here].")
+@click.option("--gpus-per-worker", type=click.FloatRange(min=0), help="GPUs per encoder actor (ray) [default: 0].")
+@click.option("--cpus-per-worker", type=click.FloatRange(min=0, min_open=True), help="CPUs per encoder actor (ray).")
 @click.option("--retry-failed", is_flag=True, help="Try again files that failed before and did not change.")
 @click.option("--prune-empty", is_flag=True, help="Remove stored images under a root that has none left.")
 @click.option("--json", "as_json", is_flag=True, help="End with one JSON object of counts.")

@@ -16,6 +16,7 @@ from pipeline.errors import ConfigError
 DEFAULT_MAX_PIXELS = 200_000_000
 DEFAULT_K = 10
 TARGETS = ("image", "caption", "both")  # which vectors a text query matches
+ENGINES = ("local", "ray")
 DEFAULT_INDEX_THRESHOLD = 10_000  # LanceDB exact search costs ~3 ms per 1,000 rows here
 ENV_PREFIX = "CLIPDEX_"
 USER_CONFIG = Path(platformdirs.user_config_dir("clipdex")) / "config.toml"
@@ -36,7 +37,11 @@ class Settings:
     device: str = "auto"
     precision: str = "auto"
     batch_size: int | None = None  # None: chosen from the device
-    workers: int | None = None  # decode processes; None: one per core, 0: decode in-process
+    workers: int | None = None  # decode processes (engine ray: encoder actors); None: one per core, 0: in-process
+    engine: str = "local"  # local: this machine; ray: a Ray cluster (pipeline.distributed)
+    ray_address: str | None = None  # a running Ray cluster; None: start a local Ray
+    gpus_per_worker: float = 0.0  # engine ray: GPUs per encoder actor (0: CPU actors)
+    cpus_per_worker: float | None = None  # engine ray: CPUs per encoder actor; None: chosen from the cluster
     max_pixels: int = DEFAULT_MAX_PIXELS  # larger images are refused as decompression bombs
     include: tuple[str, ...] = ()  # globs a file must match (any), relative path or name
     exclude: tuple[str, ...] = ()  # globs that skip files and folders
@@ -111,11 +116,22 @@ def _convert(name: str, raw: Any) -> Any:
         if value < (0 if name == "workers" else 1):
             raise ValueError("must be a positive whole number")
         return value
-    if name == "min_score":
-        return None if raw in ("", None) else float(raw)
+    if name in ("min_score", "cpus_per_worker"):
+        number = None if raw in ("", None) else float(raw)
+        if name == "cpus_per_worker" and number is not None and number <= 0:
+            raise ValueError("must be above 0")
+        return number
+    if name == "gpus_per_worker":
+        if float(raw) < 0:
+            raise ValueError("must be 0 or more")
+        return float(raw)
+    if name == "engine":
+        if raw not in ENGINES:
+            raise ValueError(f"must be one of {', '.join(ENGINES)}")
+        return str(raw)
     if name in ("include", "exclude"):
         parts = raw.split(",") if isinstance(raw, str) else raw
         return tuple(str(p).strip() for p in parts if str(p).strip())
-    if name in ("model", "pretrained", "server", "token"):
+    if name in ("model", "pretrained", "server", "token", "ray_address"):
         return str(raw) or None
     return str(raw)

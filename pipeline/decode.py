@@ -19,6 +19,7 @@ from PIL import Image, ImageCms, ImageFile, ImageOps, UnidentifiedImageError
 
 from models.transform import ImageTransform
 from pipeline.captions import clean_caption, xmp_description
+from pipeline.sources import read_bytes
 from storage.records import ImageRecord
 
 pillow_heif.register_heif_opener()
@@ -110,8 +111,7 @@ class Hashed:
 def hash_file(path: str) -> Hashed | DecodeFailed:
     """Only the content hash: to recognise a moved file without decoding it."""
     try:
-        with open(path, "rb") as f:
-            return Hashed(path, content_hash(f.read()))
+        return Hashed(path, content_hash(read_bytes(path)))
     except OSError as exc:
         return DecodeFailed(path, f"cannot read: {exc.strerror or exc}")
 
@@ -119,8 +119,7 @@ def hash_file(path: str) -> Hashed | DecodeFailed:
 def decode_file(path: str, transform: ImageTransform, max_pixels: int) -> Decoded | DecodeFailed:
     """Read, hash and decode one file; never raises for a bad file."""
     try:
-        with open(path, "rb") as f:
-            data = f.read()
+        data = read_bytes(path)
     except OSError as exc:
         return DecodeFailed(path, f"cannot read: {exc.strerror or exc}; check that the file exists and is readable")
     return decode_bytes(path, data, transform, max_pixels)
@@ -170,8 +169,7 @@ def raw_preview(data: bytes) -> bytes | None:
 
 def thumbnail_image(path: str, size: int) -> Image.Image:
     """An RGB picture of the file at most size pixels wide and high (a RAW file's preview); raises OSError."""
-    with open(path, "rb") as f:
-        data = f.read()
+    data = read_bytes(path)
     if os.path.splitext(path)[1].lower() in RAW_EXTENSIONS:
         data = raw_preview(data) or b""
     with warnings.catch_warnings():

@@ -22,6 +22,7 @@ from models import Encoder
 from pipeline.captions import read_sidecar
 from pipeline.decode import Decoded, DecodeFailed, decode_file, hash_file
 from pipeline.scan import ScannedFile, Scanner, ScanResult
+from pipeline.sources import is_uri
 from pipeline.workers import DecodePool
 from storage import CaptionUpdate, Failure, FileState, Moved
 
@@ -112,7 +113,7 @@ class Ingester:
         self._progress(Progress("scan", len(scan.files), len(scan.files)))
         states = self.collection.file_states()
         failed_before = self.collection.failure_states()
-        scopes = [os.path.abspath(os.path.expanduser(r)) for r in roots]
+        scopes = [r if is_uri(r) else os.path.abspath(os.path.expanduser(r)) for r in roots]
         plan = self._plan(scan, states, failed_before, scopes, report)
         report.unchanged = len(plan.unchanged)
         report.failed = plan.known_failed
@@ -170,7 +171,7 @@ class Ingester:
         # drive than an emptied library: keep its rows.
         for root in scopes:
             under = [s for s in candidates if _in_scope(s.path, [root])]
-            empty = os.path.isdir(root) and not any(_in_scope(p, [root]) for p in seen)
+            empty = (is_uri(root) or os.path.isdir(root)) and not any(_in_scope(p, [root]) for p in seen)
             if under and empty and not self.options.prune_empty:
                 report.notes.append(
                     f"{root}: no images found but {len(under)} stored; kept them (is the drive mounted?); "

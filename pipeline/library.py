@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
@@ -17,6 +18,7 @@ from pipeline.decode import DecodeFailed, decode_file
 from pipeline.errors import BadQueryImage, ClipdexError, InputNotFound, ModelMismatch
 from pipeline.ingest import Ingester, IngestOptions, IngestReport, ProgressFn
 from pipeline.query import Term
+from pipeline.sources import is_uri
 from pipeline.workers import default_workers
 from storage import Collection, CollectionNotFound, Hit, Stats
 
@@ -104,6 +106,9 @@ class Clipdex:
         """
         roots = []
         for path in paths:
+            if is_uri(str(path)):
+                roots.append(str(path).rstrip("/"))
+                continue
             root = os.path.abspath(os.path.expanduser(str(path)))
             if not os.path.lexists(root):
                 raise InputNotFound(f"{root} does not exist; check the path to ingest")
@@ -120,10 +125,21 @@ class Clipdex:
             retry_failed=retry_failed,
             prune_empty=prune_empty,
         )
-        report = Ingester(self.collection, self.encoder, options).run(roots, progress)
-        report.index = self.collection.ensure_index(s.index_threshold)
+        ingester = Ingester(self.collection, self.encoder, options)
+        ray_workers = 0
+        if s.engine == "ray":
+            from pipeline.distributed import RayIngester, RayOptions  # noqa: PLC0415 - imports Ray
+
+            ray_workers = s.workers or 1
+            ray_options = RayOptions(s.ray_address, ray_workers, s.gpus_per_worker, s.cpus_per_worker)
+            spec = encoder_spec(s, self.encoder.fingerprint)
+            # Hashing files to find moves stays here, in this machine's decode processes.
+            options = dataclasses.replace(options, workers=default_workers())
+            ingester = RayIngester(self.collection, self.encoder, options, spec, ray_options)
+        report = ingester.run(roots, progress)
+        report.index = self.collection.ensure_index(s.index_threshold, workers=ray_workers)
         if report.index in ("none", "current") and report.changed:
-            self.collection.optimize()
+            self.collection.optimize(workers=ray_workers)
         return report
 
     def search(

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.errors import InputNotFound
+from pipeline.sources import is_uri, list_objects
 
 IMAGE_EXTENSIONS = frozenset(
     [
@@ -81,14 +82,16 @@ class Scanner:
 
     def scan(self, roots: Sequence[str | Path]) -> ScanResult:
         """Every image under the roots (files given directly are taken as they are)."""
-        absolute = [os.path.abspath(os.path.expanduser(str(r))) for r in roots]
+        absolute = [str(r) if is_uri(str(r)) else os.path.abspath(os.path.expanduser(str(r))) for r in roots]
         for root in absolute:
-            if not os.path.lexists(root):
+            if not is_uri(root) and not os.path.lexists(root):
                 raise InputNotFound(f"{root} does not exist; check the path to ingest")
         result = ScanResult()
         seen: set[str] = set()
         for root in absolute:
-            if os.path.isdir(root):
+            if is_uri(root):
+                self._list(root, result, seen)
+            elif os.path.isdir(root):
                 self._walk(root, result, seen)
             elif root not in seen:
                 seen.add(root)
@@ -105,6 +108,26 @@ class Scanner:
                     continue
                 seen.add(path)
                 self._consider(path, name, listing, result, included=self._included(root, path, name))
+
+    def _list(self, root: str, result: ScanResult, seen: set[str]) -> None:
+        """The images under an object-store prefix, by extension (objects are not opened to sniff)."""
+        objects = list_objects(root)
+        listing = {uri for uri, _, _ in objects}
+        prefix = root.rstrip("/") + "/"
+        for uri, size, mtime_ns in objects:
+            parts = uri[len(prefix) :].split("/") if uri.startswith(prefix) else [uri.rsplit("/", 1)[-1]]
+            name = parts[-1]
+            hidden = any(p.startswith(".") or p in SKIPPED_FOLDERS for p in parts)
+            if uri in seen or hidden or self._excluded(root, uri, name) or not self._included(root, uri, name):
+                continue
+            seen.add(uri)
+            ext = os.path.splitext(name)[1].lower()
+            if ext in VIDEO_EXTENSIONS:
+                result.videos += 1
+            elif ext in IMAGE_EXTENSIONS:
+                stem = uri[: len(uri) - len(ext)]
+                sidecar = next((c for c in (stem + ".txt", uri + ".txt") if c in listing), None)
+                result.files.append(ScannedFile(uri, size, mtime_ns, sidecar))
 
     def _folders(self, root: str, visited: set[tuple[int, int]], result: ScanResult) -> Iterator[tuple[str, list[str]]]:
         """Depth-first folders with their file names; a folder reached twice (a loop) is walked once."""

@@ -11,10 +11,16 @@ from storage.records import CaptionUpdate, Failure, FileState, Hit, ImageRecord,
 if TYPE_CHECKING:
     from storage.collection import Collection as Collection
     from storage.collection import Staging as Staging
+    from storage.collection import records_table as records_table
     from storage.schema import SCHEMA_VERSION as SCHEMA_VERSION
 
 # LanceDB and Arrow load on first use (about 2 s): a CLI query sent to a server never needs them.
-_LAZY = {"Collection": "storage.collection", "Staging": "storage.collection", "SCHEMA_VERSION": "storage.schema"}
+_LAZY = {
+    "Collection": "storage.collection",
+    "Staging": "storage.collection",
+    "records_table": "storage.collection",
+    "SCHEMA_VERSION": "storage.schema",
+}
 
 
 def __getattr__(name: str) -> Any:
@@ -38,4 +44,5 @@ __all__ = [
     "Staging",
     "Stats",
     "StorageError",
+    "records_table",
 ]

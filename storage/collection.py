@@ -265,9 +265,10 @@ class Collection:
             self._indexed = any(i.name == INDEX_NAME for i in self._images.list_indices())
         return self._indexed
 
-    def ensure_index(self, min_rows: int) -> str:
+    def ensure_index(self, min_rows: int, *, workers: int = 0) -> str:
         """Build the ANN index once there are min_rows images, later fold new rows into it.
 
+        workers > 0 builds it in that many Ray tasks (lance-ray; Ray must be started), else here.
         Returns what happened: 'none' (below min_rows: exact search), 'built', 'refreshed' or 'current'.
         """
         rows = self.count()
@@ -275,20 +276,39 @@ class Collection:
             return "none"
         if not self.has_index():
             partitions = max(1, rows // ROWS_PER_PARTITION)
-            config = HnswSq(distance_type="cosine", num_partitions=partitions)
             with _writing(self.uri):
-                self._images.create_index("vector", config=config, name=INDEX_NAME)
+                if workers:
+                    import lance_ray  # noqa: PLC0415 - optional dependency (clipdex[ray])
+
+                    lance_ray.create_index(
+                        self._images_uri(),
+                        "vector",
+                        "IVF_HNSW_SQ",
+                        name=INDEX_NAME,
+                        metric="cosine",
+                        num_partitions=partitions,
+                        num_workers=workers,
+                        sample_rate=min(256, rows // partitions),  # training rows per partition, at most all
+                    )
+                else:
+                    config = HnswSq(distance_type="cosine", num_partitions=partitions)
+                    self._images.create_index("vector", config=config, name=INDEX_NAME)
             self._indexed = True
             return "built"
         stats = self._images.index_stats(INDEX_NAME)
         if stats is not None and stats.num_unindexed_rows > 0:
-            self.optimize()
+            self.optimize(workers=workers)
             return "refreshed"
         return "current"
 
-    def optimize(self) -> None:
-        """Merge the small fragments that batch commits leave, and fold new rows into the index."""
+    def optimize(self, *, workers: int = 0) -> None:
+        """Merge the small fragments that appends leave (in Ray tasks when workers > 0), and fold new
+        rows into the index."""
         with _writing(self.uri):
+            if workers:
+                import lance_ray  # noqa: PLC0415 - optional dependency (clipdex[ray])
+
+                lance_ray.compact_files(self._images_uri(), num_workers=workers)
             self._images.optimize()
             self._failures.optimize()
 
@@ -298,10 +318,20 @@ class Collection:
         """Insert new images and replace those whose id exists, in one commit."""
         if not records:
             return
-        now = datetime.now(UTC)
-        rows = [_record_row(r, now) for r in records]
-        table = pa.Table.from_pylist(rows, schema=images_schema(self.dimension))
-        self._merge(self._images, "id", table)
+        self._merge(self._images, "id", records_table(records, self.dimension))
+
+    def append_dataset(self, rows: Any, *, workers: int | None = None) -> None:
+        """Append a Ray dataset of image rows (records_table's columns) in one commit.
+
+        lance-ray writes the fragments in Ray tasks where the rows are, and the driver commits them:
+        the rows never pass through this process. Columns added later (classify --store) are null.
+        """
+        import lance_ray  # noqa: PLC0415 - optional dependency (clipdex[ray])
+
+        schema = self._images.schema
+        rows = rows.map_batches(_conform, fn_kwargs={"schema": schema}, batch_format="pyarrow")
+        with _writing(self.uri):
+            lance_ray.write_lance(rows, self._images_uri(), mode="append", schema=schema, concurrency=workers)
 
     def move(self, moves: Sequence[Moved]) -> None:
         """Point stored rows at new paths, sizes and mtimes, keeping their vectors."""
@@ -355,6 +385,10 @@ class Collection:
                 self._failures.delete(f"path IN ({', '.join(_sql_str(p) for p in chunk)})")
 
     # --- internals ---------------------------------------------------------------------------
+
+    def _images_uri(self) -> str:
+        """Where the images table's Lance dataset lives (for lance-ray, which works on datasets)."""
+        return str(self._images.uri)  # type: ignore[attr-defined]
 
     def _one(self, where: str) -> ImageRecord | None:
         rows = self._images.search().where(where).limit(1).to_arrow().to_pylist()
@@ -438,9 +472,7 @@ class Staging:
     def add(self, records: Sequence[ImageRecord]) -> None:
         """Stage a batch of re-embedded rows, in one commit."""
         if records:
-            now = datetime.now(UTC)
-            data = pa.Table.from_pylist([_record_row(r, now) for r in records], schema=images_schema(self.dimension))
-            self.collection._merge(self.table, "id", data)
+            self.collection._merge(self.table, "id", records_table(records, self.dimension))
 
     def switch(self) -> None:
         """Make these the collection's vectors; the old model's are dropped."""
@@ -516,6 +548,20 @@ def _sql_str(value: str) -> str:
 
 def _vector(v: np.ndarray | None) -> list[float] | None:
     return None if v is None else np.asarray(v, np.float32).tolist()
+
+
+def records_table(records: Sequence[ImageRecord], dimension: int) -> pa.Table:
+    """Image rows as the images table stores them (ingested now unless a record says when)."""
+    now = datetime.now(UTC)
+    return pa.Table.from_pylist([_record_row(r, now) for r in records], schema=images_schema(dimension))
+
+
+def _conform(batch: pa.Table, schema: pa.Schema) -> pa.Table:
+    """The batch in the table's schema: its columns in order and types, nulls for columns it lacks."""
+    for f in schema:
+        if f.name not in batch.column_names:
+            batch = batch.append_column(f.name, pa.nulls(batch.num_rows, f.type))
+    return batch.select(schema.names).cast(schema)
 
 
 def _record_row(r: ImageRecord, now: datetime) -> dict[str, Any]:

@@ -5,8 +5,11 @@ from __future__ import annotations
 import os
 import re
 import socket
+import subprocess
+import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -92,6 +95,56 @@ def live_server(lib: Clipdex, tmp_path: Path) -> Iterator[str]:
     yield f"http://127.0.0.1:{port}"
     server.should_exit = True
     thread.join(timeout=10)
+
+
+@pytest.fixture
+def s3(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[str]:
+    """moto's S3 server on a free loopback port, a bucket, and the AWS variables LanceDB reads."""
+    port = free_port()
+    server = subprocess.Popen(
+        [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    endpoint = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                urllib.request.urlopen(endpoint, timeout=1).read()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "moto did not start"
+                time.sleep(0.2)
+        request = urllib.request.Request(f"{endpoint}/photos", method="PUT")  # create the bucket
+        urllib.request.urlopen(request, timeout=5).read()
+        for name, value in {
+            "AWS_ACCESS_KEY_ID": "test",
+            "AWS_SECRET_ACCESS_KEY": "test",
+            "AWS_REGION": "us-east-1",
+            "AWS_ENDPOINT": endpoint,
+            "AWS_ALLOW_HTTP": "true",
+        }.items():
+            monkeypatch.setenv(name, value)
+        yield "s3://photos/library"
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+@pytest.fixture
+def local_ray(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """A Ray of this machine's 2 CPUs, its temp files in the test's tmp, stopped after the test.
+
+    Started after the s3 fixture when a test asks for both, so its workers see the AWS variables.
+    """
+    import ray  # noqa: PLC0415 - seconds to import; only the Ray tests need it
+
+    ray.init(num_cpus=2, _temp_dir=str(tmp_path_factory.mktemp("ray")), include_dashboard=False, log_to_driver=False)
+    try:
+        yield
+    finally:
+        ray.shutdown()
 
 
 def open_library(db: str, model: str, **settings: object) -> Clipdex:

@@ -332,3 +332,20 @@ def test_db_uri_from_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     monkeypatch.setenv("HOME", str(tmp_path))
 
     assert load_settings(env={"CLIPDEX_DB": "~/x"}).db_uri == str(tmp_path / "x")
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parent.parent / "configs").glob("*.toml")), ids=str)
+def test_shipped_configs_load(path: Path) -> None:
+    settings = load_settings(path, env={})
+    assert settings.db or settings.device or settings.engine
+
+
+def test_engine_settings() -> None:
+    settings = load_settings(
+        env={"CLIPDEX_ENGINE": "ray", "CLIPDEX_GPUS_PER_WORKER": "0.5", "CLIPDEX_CPUS_PER_WORKER": "2"}
+    )
+    assert (settings.engine, settings.gpus_per_worker, settings.cpus_per_worker) == ("ray", 0.5, 2.0)
+    with pytest.raises(ConfigError, match=r"CLIPDEX_ENGINE='spark': must be one of local, ray"):
+        load_settings(env={"CLIPDEX_ENGINE": "spark"})
+    with pytest.raises(ConfigError, match=r"CLIPDEX_CPUS_PER_WORKER='0': must be above 0"):
+        load_settings(env={"CLIPDEX_CPUS_PER_WORKER": "0"})

@@ -1,0 +1,99 @@
+"""Images on object storage: s3:// and gs:// prefixes as ingest sources, read through pyarrow.fs.
+
+Local files stay plain paths read with open(); a path with "://" is an object URI. Credentials and
+the endpoint come from the same environment variables LanceDB reads (AWS_ACCESS_KEY_ID, AWS_REGION,
+AWS_ENDPOINT or AWS_ENDPOINT_URL for S3-compatible stores, AWS_ALLOW_HTTP), so one set of variables
+serves both the images and the collection. pyarrow is imported only when a URI is used.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlparse
+
+from pipeline.errors import InputNotFound
+
+if TYPE_CHECKING:
+    from pyarrow.fs import FileSystem
+
+SCHEMES = ("s3", "gs", "gcs")
+
+
+def is_uri(path: str) -> bool:
+    """True for an object-store URI (s3://bucket/key), False for a local path."""
+    return "://" in path
+
+
+def read_bytes(path: str) -> bytes:
+    """The whole file or object; raises OSError (FileNotFoundError when it is gone)."""
+    if not is_uri(path):
+        with open(path, "rb") as f:
+            return f.read()
+    fs, key = _resolve(path)
+    try:
+        with fs.open_input_stream(key) as stream:
+            return bytes(stream.read())
+    except OSError:
+        raise
+    except Exception as exc:  # other pyarrow errors (transport, auth) as the OSError callers expect
+        raise OSError(_first_line(exc)) from exc
+
+
+def list_objects(root: str) -> list[tuple[str, int, int]]:
+    """(uri, size, mtime_ns) of every object under a prefix (or the object itself), sorted by uri."""
+    from pyarrow.fs import FileSelector, FileType  # noqa: PLC0415 - see the module docstring
+
+    fs, key = _resolve(root)
+    scheme = urlparse(root).scheme
+    try:
+        info = fs.get_file_info(key)
+        if info.type == FileType.File:
+            entries = [info]
+        else:
+            entries = fs.get_file_info(FileSelector(key.rstrip("/"), recursive=True, allow_not_found=True))
+    except Exception as exc:
+        raise InputNotFound(
+            f"{root}: cannot list ({_first_line(exc)}); "
+            "check the bucket name and the AWS_* (or GOOGLE_*) credentials and endpoint variables"
+        ) from exc
+    found = []
+    for entry in entries:
+        if entry.type != FileType.File:
+            continue
+        mtime_ns = entry.mtime_ns if entry.mtime_ns is not None else 0
+        found.append((f"{scheme}://{entry.path}", int(entry.size or 0), int(mtime_ns)))
+    return sorted(found)
+
+
+def _resolve(uri: str) -> tuple[FileSystem, str]:
+    parsed = urlparse(uri)
+    if parsed.scheme not in SCHEMES:
+        raise InputNotFound(f"{uri}: clipdex reads images from s3:// and gs:// URIs, not {parsed.scheme}://")
+    if parsed.scheme != "s3":
+        return _filesystem("gs", None, None), f"{parsed.netloc}{parsed.path}"
+    endpoint = os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT")
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    return _filesystem("s3", endpoint, region), f"{parsed.netloc}{parsed.path}"
+
+
+@functools.cache
+def _filesystem(scheme: str, endpoint: str | None, region: str | None) -> FileSystem:
+    from pyarrow import fs  # noqa: PLC0415 - see the module docstring
+
+    if scheme != "s3":
+        return fs.GcsFileSystem()
+    options: dict[str, Any] = {}
+    if endpoint:
+        parsed = urlparse(endpoint)
+        options["endpoint_override"] = parsed.netloc or parsed.path
+        options["scheme"] = parsed.scheme or "https"
+    if region:
+        options["region"] = region
+    return fs.S3FileSystem(**options)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -1,0 +1,169 @@
+"""--engine ray on a local Ray (2 CPUs, fractional actors): same rows and vectors as local ingest,
+incremental sync, failures, images and collections on S3 (moto), the index built by Ray tasks."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline import Clipdex
+from pipeline.config import Settings
+from pipeline.sources import _resolve
+from storage import FileState
+from tests import corpus
+from tests.conftest import run
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+
+MANY = 200
+ROW_FIELDS = ("size", "mtime_ns", "hash", "width", "height", "format", "taken_at", "description", "caption",
+              "caption_source")  # fmt: skip
+
+
+@pytest.fixture
+def library(tmp_path: Path) -> Path:
+    """217 valid images of every kind (with captions), 6 broken files."""
+    root = tmp_path / "library"
+    corpus.good_images(root / "good")
+    corpus.bad_files(root / "bad")
+    for i in range(MANY):
+        corpus.pattern_image(root / "many" / f"{i:03d}.jpg", seed=i)
+    return root
+
+
+def open_ray(db: str, model: str, **settings: object) -> Clipdex:
+    """A collection ingested with Ray: 2 encoder actors of half a CPU each, fp32 to compare with local."""
+    base = Settings(engine="ray", workers=2, cpus_per_worker=0.5, precision="fp32")
+    return Clipdex.open(db, model=model, create=True, settings=base.override(**settings))
+
+
+def open_local(db: str, model: str) -> Clipdex:
+    return Clipdex.open(db, model=model, create=True, settings=Settings(workers=0, precision="fp32"))
+
+
+def rows(lib: Clipdex) -> dict[str, tuple[object, ...]]:
+    """path -> the stored facts of its row."""
+    out = {}
+    for path in lib.collection.file_states():
+        record = lib.collection.get_by_path(path)
+        assert record is not None
+        out[path] = tuple(getattr(record, f) for f in ROW_FIELDS)
+    return out
+
+
+def vectors(lib: Clipdex) -> dict[str, np.ndarray]:
+    states: dict[str, FileState] = lib.collection.file_states()
+    ids, matrix = lib.collection.vectors()
+    by_id = dict(zip(ids, matrix, strict=True))
+    return {path: by_id[state.id] for path, state in states.items()}
+
+
+def assert_same_collections(local: Clipdex, ray: Clipdex) -> None:
+    assert rows(ray) == rows(local)
+    mine, theirs = vectors(ray), vectors(local)
+    cosines = [float(mine[p] @ theirs[p]) for p in theirs]
+    assert min(cosines) >= 0.9999
+    failures = {(f.path, f.reason) for f in ray.collection.failures()}
+    assert failures == {(f.path, f.reason) for f in local.collection.failures()}
+    assert ray.collection.count() == len(set(ray.collection.file_states()))  # one row per path
+
+
+def counts(report: object) -> dict[str, int]:
+    keep = ("added", "updated", "moved", "removed", "unchanged", "failed", "captions")
+    return {k: v for k, v in report.counts().items() if k in keep}  # type: ignore[attr-defined]
+
+
+def test_ray_ingest_equals_local_ingest_and_syncs(
+    local_ray: None, library: Path, tmp_path: Path, tiny_model: str
+) -> None:
+    local, ray = open_local(str(tmp_path / "local"), tiny_model), open_ray(str(tmp_path / "ray"), tiny_model)
+    first = ray.ingest([library])
+    assert counts(first) == counts(local.ingest([library]))
+    assert (first.added, first.failed) == (17 + MANY, 6)
+    assert ray.collection.model == local.collection.model  # same fingerprint
+    assert_same_collections(local, ray)
+
+    many = library / "many"
+    corpus.pattern_image(many / "000.jpg", seed=1000)  # changed content
+    corpus.pattern_image(many / "001.jpg", seed=1001, size=(80, 60))
+    (many / "002.jpg").unlink()  # deleted
+    (many / "003.jpg").rename(many / "moved.jpg")  # moved
+    os.utime(many / "004.jpg", ns=(1, 1))  # touched: same bytes, other mtime
+    (many / "005.txt").write_text("a caption added later")  # sidecar of 005.jpg
+    corpus.pattern_image(many / "new.jpg", seed=2000)
+    shutil.copy(library / "bad" / "truncated.jpg", many / "006.jpg")  # a stored image breaks
+
+    second = ray.ingest([library])
+    assert counts(second) == counts(local.ingest([library]))
+    assert counts(second) == {
+        "added": 1, "updated": 2, "moved": 1, "removed": 2, "unchanged": 17 + MANY - 5, "failed": 7, "captions": 1,
+    }  # fmt: skip
+    assert_same_collections(local, ray)
+    assert ray.collection.get_by_path(str(many / "006.jpg")) is None  # its old vector is gone
+
+    third = ray.ingest([library])
+    assert counts(third) == {**counts(second), "added": 0, "updated": 0, "moved": 0, "removed": 0, "captions": 0,
+                             "unchanged": 17 + MANY - 1}  # fmt: skip
+
+
+def test_ray_builds_the_index_in_ray_tasks(local_ray: None, library: Path, tmp_path: Path, tiny_model: str) -> None:
+    lib = open_ray(str(tmp_path / "db"), tiny_model, index_threshold=100)
+    report = lib.ingest([library / "many"])
+    assert report.index == "built"
+    assert lib.collection.has_index()
+    found = vectors(lib)
+    hits = [lib.search_vector(found[str(library / "many" / f"{i:03d}.jpg")], k=1)[0].path for i in range(20)]
+    assert hits == [str(library / "many" / f"{i:03d}.jpg") for i in range(20)]  # each finds itself
+    corpus.pattern_image(library / "many" / "extra.jpg", seed=5000)
+    again = lib.ingest([library / "many"])
+    assert (again.added, again.index) == (1, "refreshed")
+
+
+def test_cli_engine_ray(local_ray: None, library: Path, tmp_path: Path, tiny_model: str) -> None:
+    db = str(tmp_path / "db")
+    args = ("--db", db, "--model", tiny_model, "--engine", "ray", "--workers", "2", "--cpus-per-worker", "0.5")
+    out = run("ingest", str(library / "good"), *args, "--json").stdout.splitlines()[-1]
+    assert (json.loads(out)["added"], json.loads(out)["failed"]) == (17, 0)
+    assert len(run("search", "a dog", "--db", db, "-k", "3", "--paths").stdout.splitlines()) == 3
+
+
+def upload(folder: Path, prefix: str) -> int:
+    """Copy a folder's files to s3://prefix/... through pyarrow (the AWS variables point at moto)."""
+    count = 0
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            fs, key = _resolve(f"{prefix}/{path.relative_to(folder).as_posix()}")
+            with fs.open_output_stream(key) as out:
+                out.write(path.read_bytes())
+            count += 1
+    return count
+
+
+def test_ray_ingests_an_s3_prefix_into_an_s3_collection(
+    s3: str, local_ray: None, library: Path, tmp_path: Path, tiny_model: str
+) -> None:
+    source = "s3://photos/images"
+    upload(library / "many", source)
+    upload(library / "bad", source + "/bad")
+    lib = open_ray(s3, tiny_model)
+    report = lib.ingest([source])
+    assert (report.added, report.failed) == (MANY, 6)
+    assert {f.path for f in lib.collection.failures()} >= {source + "/bad/empty.jpg", source + "/bad/truncated.jpg"}
+    assert lib.similar(library / "many" / "010.jpg", k=1)[0].path == source + "/010.jpg"
+
+    # The local engine reads the same prefix (decode workers on pyarrow.fs), into a local folder.
+    local = open_local(str(tmp_path / "local"), tiny_model)
+    assert (local.ingest([source]).added, local.collection.count()) == (MANY, MANY)
+    assert_same_collections(local, lib)
+
+    fs, key = _resolve(source + "/010.jpg")
+    fs.delete_file(key)
+    corpus.pattern_image(tmp_path / "up" / "new.jpg", seed=3000)
+    upload(tmp_path / "up", source + "/later")
+    again = lib.ingest([source])
+    assert (again.added, again.removed, again.unchanged) == (1, 1, MANY - 1)

@@ -83,5 +83,6 @@ def classify(
         for i, (image_id, b) in enumerate(zip(ids, best, strict=True))
     ]
     if store is not None and tags:
-        collection.set_labels(store, {t.id: (t.label, t.score) for t in tags})
+        with collection.writer("classify --store"):
+            collection.set_labels(store, {t.id: (t.label, t.score) for t in tags})
     return sorted(tags, key=lambda t: t.path)

@@ -6,9 +6,12 @@ to a running server (--server) starts in a fraction of a second.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import signal
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -41,6 +44,8 @@ from storage import CollectionNotFound, Hit, StorageError
 if TYPE_CHECKING:
     from pipeline.ingest import Progress
     from pipeline.library import Clipdex
+
+MAX_PROBLEMS_SHOWN = 20  # verify lists this many problems; --json lists all
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
@@ -157,13 +162,15 @@ def ingest(
     """Add new, changed and moved images under PATHS; remove deleted ones."""
     manifest = read_manifest(captions) if captions else None  # a bad manifest must not create a collection
     lib = _open(create=True, **flags)
-    with _progress_bar() as progress:
+    stop = threading.Event()
+    with _progress_bar() as progress, _first_interrupt_stops(stop):
         report = lib.ingest(
             list(paths),
             captions=manifest,
             retry_failed=retry_failed,
             prune_empty=prune_empty,
             progress=progress,
+            stop=stop,
         )
     for note in report.notes:
         click.echo(f"note: {note}", err=True)
@@ -173,6 +180,30 @@ def ingest(
         click.echo(report_json(report, db))
     else:
         click.echo(report_text(report, db))
+    if report.interrupted:
+        click.echo("interrupted: what is written is kept; run the same command again to do the rest", err=True)
+        sys.exit(130)
+
+
+@contextlib.contextmanager
+def _first_interrupt_stops(stop: threading.Event) -> Iterator[None]:
+    """The first Ctrl-C (SIGINT) asks to stop after the batch being written; a second stops at once."""
+
+    def handle(signum: int, frame: object) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+        click.echo("\nstopping after the batch being written (Ctrl-C again to stop at once)", err=True)
+
+    try:
+        previous = signal.signal(signal.SIGINT, handle)
+    except ValueError:  # not the main thread (an embedding application): no handler
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 @cli.command()
@@ -511,6 +542,46 @@ def _print_hits(hits: list[Hit], as_json: bool, as_paths: bool, min_score: float
         click.echo(hits_table(hits))
 
 
+@cli.command(name="verify")
+@click.option("--repair", is_flag=True, help="Remove rows of deleted files; re-ingest files whose rows are off.")
+@click.option("--workers", type=click.IntRange(min=0), help="Processes reading files; 0 reads in-process.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@model_options
+def verify_command(repair: bool, as_json: bool, **flags: Any) -> None:
+    """Check that every stored file is unchanged and every vector sound; exit 1 if anything is off."""
+    from pipeline.verify import verify  # noqa: PLC0415 - see the module docstring
+    from storage import Collection  # noqa: PLC0415
+
+    settings = _settings(flags.pop("config_file"), **flags)
+    with _progress_bar() as progress:
+        if repair:
+            report = _open(settings=settings).verify(repair=True, progress=progress)
+        else:
+            report = verify(Collection.open(settings.db_uri), workers=_workers(settings), progress=progress)
+    fixed = {"missing", "size", "content", "vector", "duplicate", "stale-failure"} if repair else set()
+    left = [p for p in report.problems if p.kind not in fixed]
+    if as_json:
+        data = {"checked": report.checked, "problems": report.counts(), "removed": report.removed,
+                "reingested": report.reingested, "cleared": report.cleared, "left": len(left),
+                "details": [{"path": p.path, "kind": p.kind, "detail": p.detail} for p in report.problems]}  # fmt: skip
+        click.echo(json.dumps(data, ensure_ascii=False))
+    else:
+        click.echo(f"checked {report.checked} rows ({report.seconds:.1f} s): {len(report.problems)} problems")
+        for problem in report.problems[:MAX_PROBLEMS_SHOWN]:
+            click.echo(f"{problem.kind}: {problem.path}: {problem.detail}")
+        if len(report.problems) > MAX_PROBLEMS_SHOWN:
+            click.echo(f"... and {len(report.problems) - MAX_PROBLEMS_SHOWN} more (--json lists all)")
+        if repair and report.problems:
+            click.echo(
+                f"repaired: {report.removed} rows of deleted files removed, {report.reingested} files re-ingested, "
+                f"{report.cleared} failures cleared"
+            )
+        elif report.problems:
+            click.echo("run `clipdex verify --repair` to fix them", err=True)
+    if left:
+        sys.exit(1)
+
+
 class _progress_bar:
     """A rich progress bar on stderr when it is a terminal; silent otherwise."""
 
@@ -532,7 +603,7 @@ class _progress_bar:
             self._bar.stop()
 
     def _update(self, event: Progress) -> None:
-        labels = {"hash": "checking moved files", "embed": "embedding"}
+        labels = {"hash": "checking moved files", "embed": "embedding", "verify files": "reading files"}
         if event.phase not in labels:
             return
         if event.phase not in self._tasks:

@@ -61,12 +61,13 @@ def cluster(
     names = [", ".join(VOCABULARY[j] for j in np.argsort(-(words @ c))[:3]) for c in centres]
     sizes = np.bincount(labels, minlength=k)
     if store:
-        collection.set_columns(
-            {
-                "cluster": ({i: int(c) for i, c in zip(ids, labels, strict=True)}, "int32"),
-                "cluster_name": ({i: names[int(c)] for i, c in zip(ids, labels, strict=True)}, "string"),
-            }
-        )
+        with collection.writer("cluster"):
+            collection.set_columns(
+                {
+                    "cluster": ({i: int(c) for i, c in zip(ids, labels, strict=True)}, "int32"),
+                    "cluster_name": ({i: names[int(c)] for i, c in zip(ids, labels, strict=True)}, "string"),
+                }
+            )
     return [Cluster(int(n), names[n], int(sizes[n])) for n in np.argsort(-sizes)]
 
 

@@ -17,6 +17,7 @@ import logging
 import math
 import os
 import secrets
+import threading
 import warnings
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -32,6 +33,7 @@ from pipeline.decode import Decoded, DecodeFailed, decode_file
 from pipeline.errors import ClipdexError
 from pipeline.ingest import Ingester, IngestOptions, IngestReport, Progress, _Plan
 from pipeline.scan import ScannedFile
+from pipeline.sources import is_uri
 from pipeline.workers import DecodePool, default_workers
 from storage import Failure, FileState, records_table
 
@@ -98,8 +100,9 @@ class RayIngester(Ingester):
         options: IngestOptions,
         spec: EncoderSpec,
         ray_options: RayOptions,
+        stop: threading.Event | None = None,
     ) -> None:
-        super().__init__(collection, encoder, options)
+        super().__init__(collection, encoder, options, stop)
         self.spec = spec
         self.ray_options = ray_options
 
@@ -121,6 +124,8 @@ class RayIngester(Ingester):
             chunk = files[start : start + CHUNK_FILES]
             self._run_chunk(chunk, states, report)
             self._progress(Progress("embed", start + len(chunk), len(files)))
+            if self.stop.is_set():
+                break
 
     def _run_chunk(self, files: list[ScannedFile], states: dict[str, FileState], report: IngestReport) -> None:
 
@@ -138,7 +143,10 @@ class RayIngester(Ingester):
         failures, embedded = [], []
         for row in outcome:
             f, stored = by_path[row["path"]], states.get(row["path"])
-            if row["failure"]:
+            if row["failure"] and not is_uri(f.path) and not os.path.lexists(f.path):
+                report.vanished += 1  # deleted since the scan (its old row, if any, went first)
+                report.removed += stored is not None
+            elif row["failure"]:
                 failures.append(Failure(f.path, row["failure"], f.size, f.mtime_ns, datetime.now(UTC)))
                 report.removed += stored is not None  # its row showed content that is gone
             else:

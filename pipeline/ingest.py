@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -43,6 +44,8 @@ class IngestReport:
     captions: int = 0  # captions added, changed or removed without re-embedding the image
     videos_skipped: int = 0
     new_failures: list[Failure] = field(default_factory=list)
+    vanished: int = 0  # files that disappeared between the scan and their decoding
+    interrupted: bool = False  # stopped on request (Ctrl-C) after a committed batch
     index: str = "none"  # the ANN index after the run: none, built, refreshed or current
     notes: list[str] = field(default_factory=list)  # things the user should know, one line each
     seconds: float = 0.0
@@ -54,7 +57,7 @@ class IngestReport:
 
     def counts(self) -> dict[str, int]:
         """The integer counters, as the CLI's --json prints them."""
-        return {k: v for k, v in asdict(self).items() if isinstance(v, int)}
+        return {k: v for k, v in asdict(self).items() if isinstance(v, int) and not isinstance(v, bool)}
 
 
 @dataclass(frozen=True)
@@ -96,10 +99,13 @@ class _Plan:
 class Ingester:
     """Brings a collection in line with folders on disk."""
 
-    def __init__(self, collection: Collection, encoder: Encoder, options: IngestOptions) -> None:
+    def __init__(
+        self, collection: Collection, encoder: Encoder, options: IngestOptions, stop: threading.Event | None = None
+    ) -> None:
         self.collection = collection
         self.encoder = encoder
         self.options = options
+        self.stop = stop or threading.Event()  # set it (on Ctrl-C) to stop after the batch being written
         self._progress: ProgressFn = lambda _: None
 
     def run(self, roots: Sequence[str], progress: ProgressFn | None = None) -> IngestReport:
@@ -113,6 +119,9 @@ class Ingester:
         self._progress(Progress("scan", len(scan.files), len(scan.files)))
         states = self.collection.file_states()
         failed_before = self.collection.failure_states()
+        # A run killed between writing a batch and clearing its failures leaves both: the row wins.
+        self.collection.clear_failures(p for p in failed_before if p in states)
+        failed_before = {p: f for p, f in failed_before.items() if p not in states}
         scopes = [r if is_uri(r) else os.path.abspath(os.path.expanduser(r)) for r in roots]
         plan = self._plan(scan, states, failed_before, scopes, report)
         report.unchanged = len(plan.unchanged)
@@ -120,10 +129,16 @@ class Ingester:
         now = datetime.now(UTC)
         self._fail(report, [Failure(p, reason, 0, 0, now) for p, reason in scan.errors])
 
-        if plan.decode:
+        if plan.decode and not self.stop.is_set():
             with DecodePool(opts.workers) as pool:
                 to_decode = self._apply_moves(pool, plan, states, report)
                 self._embed_all(pool, to_decode, states, plan, report)
+        if self.stop.is_set():
+            # What is written is complete and consistent; deletions and caption edits wait for the
+            # next run, which also picks up the files not reached.
+            report.interrupted = True
+            report.seconds = time.monotonic() - started
+            return report
         self._sync_captions(plan.recaption, report)
         if opts.prune:
             report.removed += self.collection.delete(s.id for s in plan.missing)
@@ -226,7 +241,11 @@ class Ingester:
         for done, result in enumerate(results, 1):
             f = by_path[result.path]
             stored = states.get(result.path)
-            if isinstance(result, DecodeFailed):
+            if isinstance(result, DecodeFailed) and not is_uri(result.path) and not os.path.lexists(result.path):
+                report.vanished += 1  # deleted or moved away since the scan: gone, not broken
+                if stored is not None:
+                    plan.missing.append(stored)
+            elif isinstance(result, DecodeFailed):
                 failures.append(Failure(result.path, result.reason, f.size, f.mtime_ns, datetime.now(UTC)))
                 if stored is not None:
                     plan.missing.append(stored)  # its stored vector shows content that is gone
@@ -238,6 +257,8 @@ class Ingester:
             if len(batch) >= size or (done == len(by_path) and (batch or failures or touched)):
                 self._commit(batch, failures, touched, by_path, states, report)
                 batch, failures, touched = [], [], []
+                if self.stop.is_set():
+                    break
             self._progress(Progress("embed", done, len(by_path)))
 
     def _commit(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import threading
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -19,6 +20,8 @@ from pipeline.errors import BadQueryImage, ClipdexError, InputNotFound, ModelMis
 from pipeline.ingest import Ingester, IngestOptions, IngestReport, ProgressFn
 from pipeline.query import Term
 from pipeline.sources import is_uri
+from pipeline.verify import VerifyReport, verify
+from pipeline.verify import repair as run_repair
 from pipeline.workers import default_workers
 from storage import Collection, CollectionNotFound, Hit, Stats
 
@@ -97,12 +100,16 @@ class Clipdex:
         retry_failed: bool = False,
         prune_empty: bool = False,
         progress: ProgressFn | None = None,
+        stop: threading.Event | None = None,
     ) -> IngestReport:
         """Bring the collection in line with these folders and files (new, changed, moved, deleted).
 
         captions: a CSV / JSON Lines manifest (or its parsed form, from read_manifest).
         prune_empty: remove stored rows under a root that yields no images at all, which is
         otherwise taken for an unmounted drive.
+        stop: set it (from a signal handler, another thread) to stop after the batch being written;
+        the report then says interrupted, and the next run does the rest.
+        Raises CollectionBusy when another process is writing to the collection.
         """
         roots = []
         for path in paths:
@@ -125,7 +132,7 @@ class Clipdex:
             retry_failed=retry_failed,
             prune_empty=prune_empty,
         )
-        ingester = Ingester(self.collection, self.encoder, options)
+        ingester = Ingester(self.collection, self.encoder, options, stop)
         ray_workers = 0
         if s.engine == "ray":
             from pipeline.distributed import RayIngester, RayOptions  # noqa: PLC0415 - imports Ray
@@ -135,12 +142,30 @@ class Clipdex:
             spec = encoder_spec(s, self.encoder.fingerprint)
             # Hashing files to find moves stays here, in this machine's decode processes.
             options = dataclasses.replace(options, workers=default_workers())
-            ingester = RayIngester(self.collection, self.encoder, options, spec, ray_options)
-        report = ingester.run(roots, progress)
-        report.index = self.collection.ensure_index(s.index_threshold, workers=ray_workers)
-        if report.index in ("none", "current") and report.changed:
-            self.collection.optimize(workers=ray_workers)
+            ingester = RayIngester(self.collection, self.encoder, options, spec, ray_options, stop)
+        with self.collection.writer("ingest"):
+            report = ingester.run(roots, progress)
+            if report.interrupted:
+                return report
+            report.index = self.collection.ensure_index(s.index_threshold, workers=ray_workers)
+            if report.index in ("none", "current") and report.changed:
+                self.collection.optimize(workers=ray_workers)
         return report
+
+    def verify(self, *, repair: bool = False, progress: ProgressFn | None = None) -> VerifyReport:
+        """Check every row against its file and every vector (pipeline.verify); with repair, fix
+        what is off: rows of deleted files go, files whose rows are off are ingested again."""
+        workers = default_workers() if self.settings.workers is None else self.settings.workers
+        report = verify(self.collection, workers=workers, progress=progress)
+        if not repair or report.ok:
+            return report
+
+        def reingest(paths: list[str]) -> int:
+            options = IngestOptions(workers=workers, max_pixels=self.settings.max_pixels, prune=False)
+            return Ingester(self.collection, self.encoder, options).run(paths, progress).added
+
+        with self.collection.writer("verify --repair"):
+            return run_repair(self.collection, report, reingest)
 
     def search(
         self,

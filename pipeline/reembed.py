@@ -42,6 +42,13 @@ def reembed(
     progress: ProgressFn | None = None,
 ) -> ReembedReport:
     """Build the new model's vectors for every stored image, then switch the collection to them."""
+    with collection.writer("reembed"):
+        return _reembed(collection, encoder, workers=workers, max_pixels=max_pixels, progress=progress)
+
+
+def _reembed(
+    collection: Collection, encoder: Encoder, *, workers: int, max_pixels: int, progress: ProgressFn | None
+) -> ReembedReport:
     started = time.monotonic()
     fingerprint = encoder.fingerprint
     if Fingerprint.from_json(collection.model) == fingerprint:

@@ -61,6 +61,8 @@ def report_text(report: IngestReport, db: str) -> str:
         lines.append(f"vector index {report.index}")
     if report.captions:
         lines.append(f"{report.captions} captions updated")
+    if report.vanished:
+        lines.append(f"{report.vanished} files vanished during the run (deleted or moved since the scan)")
     if report.videos_skipped:
         lines.append(f"{report.videos_skipped} video files skipped (clipdex indexes still images)")
     lines += failure_lines(report.new_failures, limit=MAX_FAILURES_SHOWN)
@@ -71,6 +73,7 @@ def report_json(report: IngestReport, db: str) -> str:
     """The ingest summary as one JSON object."""
     data: dict[str, Any] = report.counts()
     data["index"] = report.index
+    data["interrupted"] = report.interrupted
     data["seconds"] = round(report.seconds, 3)
     data["db"] = db
     data["failures"] = [{"path": f.path, "reason": f.reason} for f in report.new_failures]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import os
+import signal
 import sys
 import types
 from collections.abc import Callable, Iterable, Iterator
@@ -84,7 +85,9 @@ class DecodePool:
 
     def _pool(self) -> ProcessPoolExecutor:
         if self._executor is None:
-            self._executor = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
+            self._executor = ProcessPoolExecutor(
+                self.workers, mp_context=multiprocessing.get_context("spawn"), initializer=_ignore_interrupts
+            )
             with _main_module_hidden():
                 # Start every worker now, each importing only what decoding needs.
                 try:
@@ -97,6 +100,11 @@ class DecodePool:
                         "decode worker processes cannot start here; run with --workers 0 (decode in-process)"
                     ) from exc
         return self._executor
+
+
+def _ignore_interrupts() -> None:
+    """Ctrl-C reaches the whole process group: the parent decides when to stop, not its workers."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _ready() -> None:

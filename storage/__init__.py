@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from storage.errors import BadFilter, CollectionNotFound, CollectionUnreadable, StorageError
+from storage.errors import BadFilter, CollectionBusy, CollectionNotFound, CollectionUnreadable, StorageError
 from storage.records import CaptionUpdate, Failure, FileState, Hit, ImageRecord, Moved, Stats
 
 if TYPE_CHECKING:
@@ -34,6 +34,7 @@ __all__ = [
     "BadFilter",
     "CaptionUpdate",
     "Collection",
+    "CollectionBusy",
     "CollectionNotFound",
     "CollectionUnreadable",
     "Failure",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import fcntl
 import os
 import re
 from collections.abc import Iterable, Iterator, Sequence
@@ -15,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 from lancedb.index import HnswSq  # HNSW graphs in IVF partitions, 8-bit scalar-quantised
 
-from storage.errors import BadFilter, CollectionNotFound, CollectionUnreadable, StorageError
+from storage.errors import BadFilter, CollectionBusy, CollectionNotFound, CollectionUnreadable, StorageError
 from storage.records import CaptionUpdate, Failure, FileState, Hit, ImageRecord, Moved, Stats
 from storage.schema import (
     FAILURES,
@@ -33,6 +34,7 @@ from storage.schema import (
 # We never read index centroids; opting in to lance's leaner statistics also silences its warning.
 os.environ.setdefault("LANCE_INCLUDE_VECTOR_CENTROIDS", "false")
 
+LOCK_FILE = ".clipdex-writer"  # inside a local collection's folder: who is writing now
 DELETE_CHUNK = 500  # ids per DELETE statement, to keep the SQL short
 INDEX_NAME = "vector_idx"
 # IVF partitions of ~4k rows, each an HNSW graph over 8-bit quantised vectors; a query walks the
@@ -312,7 +314,50 @@ class Collection:
             self._images.optimize()
             self._failures.optimize()
 
+    def iter_rows(self, columns: Sequence[str], batch_size: int = 10_000) -> Iterator[pa.RecordBatch]:
+        """Every image row's columns, in batches (memory stays flat for any collection size)."""
+        reader = self._images.search().select(list(columns)).limit(None).to_batches(batch_size)
+        yield from reader
+
     # --- writing: each call is one commit ----------------------------------------------------
+
+    @contextlib.contextmanager
+    def writer(self, command: str) -> Iterator[None]:
+        """Hold the collection's writer lock while a command writes (ingest, reembed, ...).
+
+        A second writer is refused at once with CollectionBusy, naming the holder; readers never
+        wait. The lock is an flock on a file in the folder, so a killed holder releases it. On
+        object storage there is no lock: run one writer per collection there.
+        """
+        if "://" in self.uri:
+            yield
+            return
+        try:
+            lock = open(os.path.join(self.uri, LOCK_FILE), "a+", encoding="utf-8")  # noqa: SIM115 - closed below
+        except OSError as exc:
+            raise StorageError(
+                f"--db {self.uri}: cannot write ({exc.strerror or exc}); check free space and permissions, "
+                "or use another --db"
+            ) from exc
+        with lock as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                f.seek(0)
+                holder = f.read().strip() or "another clipdex process"
+                raise CollectionBusy(
+                    f"--db {self.uri}: {holder} is writing to this collection; "
+                    "wait for it to finish (searches work meanwhile), or stop it"
+                ) from None
+            try:
+                f.seek(0)
+                f.truncate()
+                f.write(f"clipdex {command} (pid {os.getpid()}, since {datetime.now():%Y-%m-%d %H:%M:%S})")
+                f.flush()
+                yield
+            finally:
+                f.truncate(0)
+                fcntl.flock(f, fcntl.LOCK_UN)
 
     def upsert(self, records: Sequence[ImageRecord]) -> None:
         """Insert new images and replace those whose id exists, in one commit."""

@@ -3,6 +3,7 @@
 StorageError
  ├── CollectionNotFound      nothing at the given path or URI yet
  ├── CollectionUnreadable    something is there, but it is not a clipdex collection we can read
+ ├── CollectionBusy          another process is writing to the collection
  └── BadFilter               a --where expression LanceDB cannot run
 """
 
@@ -19,6 +20,10 @@ class CollectionNotFound(StorageError):
 
 class CollectionUnreadable(StorageError):
     """The location holds something that is not a readable clipdex collection."""
+
+
+class CollectionBusy(StorageError):
+    """Another clipdex process holds the collection's writer lock."""
 
 
 class BadFilter(StorageError):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import socket
@@ -78,13 +79,11 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.fixture
-def live_server(lib: Clipdex, tmp_path: Path) -> Iterator[str]:
-    """uvicorn on a free loopback port, in a thread of this process."""
+@contextlib.contextmanager
+def serving(lib: Clipdex, thumbnails: Path) -> Iterator[str]:
+    """uvicorn on a free loopback port, in a thread of this process; yields its base URL."""
     port = free_port()
-    config = uvicorn.Config(
-        create_app(lib, thumbnails=tmp_path / "thumbs"), host="127.0.0.1", port=port, log_level="error"
-    )
+    config = uvicorn.Config(create_app(lib, thumbnails=thumbnails), host="127.0.0.1", port=port, log_level="error")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -92,9 +91,18 @@ def live_server(lib: Clipdex, tmp_path: Path) -> Iterator[str]:
     while not server.started:
         assert time.monotonic() < deadline, "uvicorn did not start"
         time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+@pytest.fixture
+def live_server(lib: Clipdex, tmp_path: Path) -> Iterator[str]:
+    """The test library served over HTTP on loopback."""
+    with serving(lib, tmp_path / "thumbs") as url:
+        yield url
 
 
 @pytest.fixture

@@ -1,0 +1,166 @@
+"""clipdex verify: is every row still true to its file, and is every vector sound? Repair what is not.
+
+A row is checked against its file (it exists, with the recorded size and content hash: the file is
+read, in the decode processes) and its vectors (finite, unit length). The collection is checked for
+paths stored twice and for failures recorded for paths that are stored. Repair removes the rows
+of files that are gone (unless their whole folder is gone: an unmounted drive keeps its rows),
+re-ingests the files whose rows are off, and clears the contradicting failures.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from pipeline.decode import DecodeFailed, content_hash
+from pipeline.ingest import Progress, ProgressFn
+from pipeline.sources import is_uri, read_bytes
+from pipeline.workers import DecodePool
+
+if TYPE_CHECKING:
+    from storage import Collection
+
+UNIT_TOLERANCE = 1e-3  # |norm - 1| allowed for a stored (float32, normalised) vector
+BATCH_ROWS = 4096
+
+
+@dataclass
+class Problem:
+    """One thing off in the collection: which path, what kind, and a one-line detail."""
+
+    path: str
+    kind: str  # missing, folder-missing, unreadable, size, content, vector, duplicate, stale-failure
+    detail: str
+
+
+@dataclass
+class VerifyReport:
+    """What verify found (and, with repair, what it did)."""
+
+    checked: int = 0
+    problems: list[Problem] = field(default_factory=list)
+    removed: int = 0  # rows of files that are gone
+    reingested: int = 0  # files whose rows were replaced by a fresh ingest
+    cleared: int = 0  # failures cleared because the path is stored
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        """True when nothing is off."""
+        return not self.problems
+
+    def counts(self) -> dict[str, int]:
+        """Problems per kind."""
+        return dict(Counter(p.kind for p in self.problems))
+
+
+def verify(collection: Collection, *, workers: int = 0, progress: ProgressFn | None = None) -> VerifyReport:
+    """Check every row against its file and every vector; change nothing."""
+    started = time.monotonic()
+    report = VerifyReport()
+    progress = progress or (lambda _: None)
+    rows: dict[str, list[tuple[int, str]]] = {}  # path -> [(size, hash)] of its rows
+    columns = ["path", "size", "hash", "vector", "caption_vector"]
+    total = collection.count()
+    for batch in collection.iter_rows(columns, BATCH_ROWS):
+        data = batch.to_pydict()
+        for path, size, digest in zip(data["path"], data["size"], data["hash"], strict=True):
+            rows.setdefault(path, []).append((size, digest))
+        _check_vectors(data["path"], batch.column("vector"), "image", report)
+        _check_vectors(data["path"], batch.column("caption_vector"), "caption", report)
+        report.checked += batch.num_rows
+        progress(Progress("verify vectors", report.checked, total))
+    for path, stored in rows.items():
+        if len(stored) > 1:
+            report.problems.append(Problem(path, "duplicate", f"{len(stored)} rows for one file"))
+    stored_paths = set(rows)
+    for failure in collection.failures():
+        if failure.path in stored_paths:
+            report.problems.append(Problem(failure.path, "stale-failure", "recorded as failed but stored"))
+    _check_files(rows, workers, report, progress)
+    report.seconds = time.monotonic() - started
+    return report
+
+
+def _check_vectors(paths: list[str], column: object, what: str, report: VerifyReport) -> None:
+    import pyarrow as pa  # noqa: PLC0415 - loaded with LanceDB already
+
+    assert isinstance(column, pa.ChunkedArray | pa.Array)
+    valid = np.asarray(column.is_valid()) if what == "caption" else np.ones(len(paths), bool)
+    if not valid.any():
+        return
+    flat = column.filter(pa.array(valid)) if what == "caption" else column
+    chunks = flat.chunks if isinstance(flat, pa.ChunkedArray) else [flat]
+    vectors = np.concatenate([c.flatten().to_numpy(zero_copy_only=False).reshape(len(c), -1) for c in chunks])
+    kept = [p for p, v in zip(paths, valid, strict=True) if v]
+    finite = np.isfinite(vectors).all(axis=1)
+    norms = np.linalg.norm(np.where(np.isfinite(vectors), vectors, 0), axis=1)
+    for path, ok, norm in zip(kept, finite, norms, strict=True):
+        if not ok:
+            report.problems.append(Problem(path, "vector", f"{what} vector holds NaN or infinity"))
+        elif abs(norm - 1) > UNIT_TOLERANCE:
+            report.problems.append(Problem(path, "vector", f"{what} vector has length {norm:.4f}, not 1"))
+
+
+def _check_files(
+    rows: dict[str, list[tuple[int, str]]], workers: int, report: VerifyReport, progress: ProgressFn
+) -> None:
+    present = []
+    for path in rows:
+        if is_uri(path) or os.path.lexists(path):
+            present.append(path)
+        elif os.path.isdir(os.path.dirname(path)):
+            report.problems.append(Problem(path, "missing", "the file is gone"))
+        else:
+            report.problems.append(Problem(path, "folder-missing", "its folder is gone (an unmounted drive?)"))
+    with DecodePool(workers) as pool:
+        for done, result in enumerate(pool.map(_size_and_hash, present), 1):
+            progress(Progress("verify files", done, len(present)))
+            path, size, digest = result if not isinstance(result, DecodeFailed) else (result.path, -1, result.reason)
+            if size < 0:
+                report.problems.append(Problem(path, "unreadable", digest))
+                continue
+            recorded_size, recorded_hash = rows[path][0]
+            if size != recorded_size:
+                report.problems.append(Problem(path, "size", f"{size} bytes on disk, {recorded_size} recorded"))
+            elif digest != recorded_hash:
+                report.problems.append(Problem(path, "content", "the bytes changed since they were embedded"))
+
+
+def _size_and_hash(path: str) -> tuple[str, int, str] | DecodeFailed:
+    """Runs in a decode process: the file's size and content hash, as ingest computes them."""
+    try:
+        data = read_bytes(path)
+    except OSError as exc:
+        return DecodeFailed(path, f"cannot read: {exc.strerror or exc}")
+    return path, len(data), content_hash(data)
+
+
+Reingest = Callable[[list[str]], int]
+
+
+def repair(collection: Collection, report: VerifyReport, reingest: Reingest) -> VerifyReport:
+    """Fix what verify found: drop the rows of files that are gone, re-ingest the files whose rows
+    are off (new rows replace them), clear failures of stored paths. Rows under a folder that is
+    gone entirely are kept: an unmounted drive is not a deletion."""
+    gone = {p.path for p in report.problems if p.kind == "missing"}
+    redo = {p.path for p in report.problems if p.kind in ("size", "content", "vector", "duplicate")} - gone
+    stale = {p.path for p in report.problems if p.kind == "stale-failure"}
+    collection.clear_failures(stale)
+    report.cleared = len(stale)
+    doomed = gone | redo
+    ids = []
+    for batch in collection.iter_rows(["id", "path"]):
+        data = batch.to_pydict()
+        ids += [i for i, p in zip(data["id"], data["path"], strict=True) if p in doomed]
+    collection.delete(ids)
+    report.removed = len(gone)
+    if redo:
+        report.reingested = reingest(sorted(redo))
+    return report

@@ -46,6 +46,7 @@ class Settings:
     include: tuple[str, ...] = ()  # globs a file must match (any), relative path or name
     exclude: tuple[str, ...] = ()  # globs that skip files and folders
     index_threshold: int = DEFAULT_INDEX_THRESHOLD  # images before an ANN index replaces exact search
+    commit_rows: int = 2048  # ingest commits this many rows at a time (or every 10 s): what a crash can lose
     k: int = DEFAULT_K
     min_score: float | None = None
     server: str | None = None  # URL of a running `clipdex serve` for search and similar
@@ -109,7 +110,7 @@ def _coerce(values: dict[str, Any], source: str) -> dict[str, Any]:
 
 
 def _convert(name: str, raw: Any) -> Any:
-    if name in ("batch_size", "workers", "max_pixels", "k", "index_threshold"):
+    if name in ("batch_size", "workers", "max_pixels", "k", "index_threshold", "commit_rows"):
         if isinstance(raw, bool) or (isinstance(raw, float) and not raw.is_integer()):
             raise ValueError("must be a whole number")
         value = int(raw)

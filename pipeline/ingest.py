@@ -25,7 +25,12 @@ from pipeline.decode import Decoded, DecodeFailed, decode_file, hash_file
 from pipeline.scan import ScannedFile, Scanner, ScanResult
 from pipeline.sources import is_uri
 from pipeline.workers import DecodePool
-from storage import CaptionUpdate, Failure, FileState, Moved
+from storage import CaptionUpdate, Failure, FileState, ImageRecord, Moved
+
+# A commit every commit_rows rows (IngestOptions) or COMMIT_SECONDS seconds, whichever comes
+# first: few enough commits that the table stays a few large fragments, often enough that a
+# crash loses little.
+COMMIT_SECONDS = 10.0
 
 if TYPE_CHECKING:
     from storage import Collection
@@ -84,6 +89,19 @@ class IngestOptions:
     retry_failed: bool = False
     prune: bool = True  # remove rows of files that disappeared under the roots
     prune_empty: bool = False  # also when a root yields no images at all (else: an unmounted drive?)
+    commit_rows: int = 2048  # rows per commit (or every COMMIT_SECONDS): what a crash can lose
+
+
+@dataclass
+class _Pending:
+    """What waits for the next commit."""
+
+    records: list[ImageRecord] = field(default_factory=list)
+    failures: list[Failure] = field(default_factory=list)
+    touched: list[Moved] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.records) + len(self.failures) + len(self.touched)
 
 
 @dataclass
@@ -233,10 +251,9 @@ class Ingester:
         report: IngestReport,
     ) -> None:
         by_path = {f.path: f for f in files}
-        batch: list[Decoded] = []
-        failures: list[Failure] = []
-        touched: list[Moved] = []
-        size = self.encoder.batch_size
+        batch: list[Decoded] = []  # decoded, waiting for a forward pass
+        pending = _Pending()  # embedded, failed and touched, waiting for a commit
+        last_commit = time.monotonic()
         results = pool.map(decode_file, list(by_path), self.encoder.transform, self.options.max_pixels)
         for done, result in enumerate(results, 1):
             f = by_path[result.path]
@@ -246,59 +263,57 @@ class Ingester:
                 if stored is not None:
                     plan.missing.append(stored)
             elif isinstance(result, DecodeFailed):
-                failures.append(Failure(result.path, result.reason, f.size, f.mtime_ns, datetime.now(UTC)))
+                pending.failures.append(Failure(result.path, result.reason, f.size, f.mtime_ns, datetime.now(UTC)))
                 if stored is not None:
                     plan.missing.append(stored)  # its stored vector shows content that is gone
             elif stored is not None and stored.hash == result.hash:
-                touched.append(Moved(stored.id, f.path, f.size, f.mtime_ns))  # mtime changed only
+                pending.touched.append(Moved(stored.id, f.path, f.size, f.mtime_ns))  # mtime changed only
                 plan.recaption.append((f, stored))
             else:
                 batch.append(result)
-            if len(batch) >= size or (done == len(by_path) and (batch or failures or touched)):
-                self._commit(batch, failures, touched, by_path, states, report)
-                batch, failures, touched = [], [], []
+            last = done == len(by_path)
+            if len(batch) >= self.encoder.batch_size or (last and batch):
+                pending.records += self._embed(batch, by_path, states)
+                batch = []
+            due = len(pending) >= self.options.commit_rows or time.monotonic() - last_commit >= COMMIT_SECONDS
+            if pending and (due or last or self.stop.is_set()):
+                self._write(pending, states, report)
+                pending, last_commit = _Pending(), time.monotonic()
                 if self.stop.is_set():
                     break
             self._progress(Progress("embed", done, len(by_path)))
 
-    def _commit(
-        self,
-        batch: list[Decoded],
-        failures: list[Failure],
-        touched: list[Moved],
-        files: dict[str, ScannedFile],
-        states: dict[str, FileState],
-        report: IngestReport,
-    ) -> None:
-        """Embed one batch and write it, its failures and its touched rows."""
-        if batch:
-            pixels = np.stack([d.pixels for d in batch if d.pixels is not None])
-            vectors = self.encoder.embed_pixels(pixels)
-            captions = [self._caption(files[d.path], d.description, states.get(d.path)) for d in batch]
-            caption_vectors = self._embed_captions([c for c, _ in captions])
-            records = []
-            for d, vector, (caption, source), caption_vector in zip(
-                batch, vectors, captions, caption_vectors, strict=True
-            ):
-                stored, f = states.get(d.path), files[d.path]
-                # size and mtime as scanned: if the file changed since, the next run sees a
-                # difference and checks it again.
-                image_id = stored.id if stored else secrets.token_hex(8)
-                caption_info = (caption, source, caption_vector)
-                records.append(
-                    d.record(image_id, size=f.size, mtime_ns=f.mtime_ns, vector=vector, caption=caption_info)
-                )
-                if stored:
-                    report.updated += 1
-                else:
-                    report.added += 1
-            self.collection.upsert(records)
-            self.collection.clear_failures(d.path for d in batch)
-        if touched:
-            self.collection.move(touched)
-            self.collection.clear_failures(t.path for t in touched)
-            report.unchanged += len(touched)
-        self._fail(report, failures)
+    def _embed(
+        self, batch: list[Decoded], files: dict[str, ScannedFile], states: dict[str, FileState]
+    ) -> list[ImageRecord]:
+        """One forward pass over a batch of decoded images (and one over their captions)."""
+        pixels = np.stack([d.pixels for d in batch if d.pixels is not None])
+        vectors = self.encoder.embed_pixels(pixels)
+        captions = [self._caption(files[d.path], d.description, states.get(d.path)) for d in batch]
+        caption_vectors = self._embed_captions([c for c, _ in captions])
+        records = []
+        for d, vector, (caption, source), caption_vector in zip(batch, vectors, captions, caption_vectors, strict=True):
+            stored, f = states.get(d.path), files[d.path]
+            # size and mtime as scanned: if the file changed since, the next run sees a
+            # difference and checks it again.
+            image_id = stored.id if stored else secrets.token_hex(8)
+            caption_info = (caption, source, caption_vector)
+            records.append(d.record(image_id, size=f.size, mtime_ns=f.mtime_ns, vector=vector, caption=caption_info))
+        return records
+
+    def _write(self, pending: _Pending, states: dict[str, FileState], report: IngestReport) -> None:
+        """Commit embedded rows (new ones appended, changed ones replaced), touched rows and failures."""
+        new = [r for r in pending.records if r.path not in states]  # else it keeps the stored id
+        self.collection.upsert(new, new=True)
+        self.collection.upsert([r for r in pending.records if r.path in states])
+        report.added += len(new)
+        report.updated += len(pending.records) - len(new)
+        self.collection.clear_failures(r.path for r in pending.records)
+        if pending.touched:
+            self.collection.move(pending.touched)
+            self.collection.clear_failures(t.path for t in pending.touched)
+            report.unchanged += len(pending.touched)
+        self._fail(report, pending.failures)
 
     def _fail(self, report: IngestReport, failures: list[Failure]) -> None:
         if failures:

@@ -131,6 +131,7 @@ class Clipdex:
             captions=manifest,
             retry_failed=retry_failed,
             prune_empty=prune_empty,
+            commit_rows=s.commit_rows,
         )
         ingester = Ingester(self.collection, self.encoder, options, stop)
         ray_workers = 0

@@ -43,7 +43,7 @@ SKIPPED_FOLDERS = frozenset(
 HEADER_BYTES = 16
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # one per file found: a million of them must stay small
 class ScannedFile:
     """An image file found on disk."""
 

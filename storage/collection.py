@@ -359,11 +359,20 @@ class Collection:
                 f.truncate(0)
                 fcntl.flock(f, fcntl.LOCK_UN)
 
-    def upsert(self, records: Sequence[ImageRecord]) -> None:
-        """Insert new images and replace those whose id exists, in one commit."""
+    def upsert(self, records: Sequence[ImageRecord], *, new: bool = False) -> None:
+        """Insert new images and replace those whose id exists, in one commit.
+
+        new=True promises that no id exists yet: the rows are appended, without the join against
+        every stored id that a merge costs (which grows with the collection).
+        """
         if not records:
             return
-        self._merge(self._images, "id", records_table(records, self.dimension))
+        table = records_table(records, self.dimension)
+        if new:
+            with _writing(self.uri):
+                self._images.add(_conform(table, self._images.schema))
+        else:
+            self._merge(self._images, "id", table)
 
     def append_dataset(self, rows: Any, *, workers: int | None = None) -> None:
         """Append a Ray dataset of image rows (records_table's columns) in one commit.

@@ -31,7 +31,7 @@ class ImageRecord:
     ingested_at: datetime | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # one per stored image, held during ingest planning
 class FileState:
     """What incremental sync compares: where a stored file was and what it looked like."""
 

@@ -41,6 +41,7 @@ def test_first_run_adds_every_image_and_records_every_failure(photos: Path, db: 
         "failed": N_BAD,
         "captions": 0,
         "videos_skipped": 1,
+        "vanished": 0,
     }
     failed = {Path(f.path).name: f.reason for f in lib.collection.failures()}
     assert set(failed) == {"truncated.jpg", "empty.jpg", "notes.jpg", "noise.png", "bomb.png", "broken.png"}
@@ -168,17 +169,18 @@ def test_failed_files_are_not_retried_until_they_change(photos: Path, db: str, t
 def test_a_crash_keeps_finished_batches_and_the_next_run_completes(
     photos: Path, db: str, tiny_model: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    lib = open_library(db, tiny_model, batch_size=4)
+    lib = open_library(db, tiny_model, batch_size=4, commit_rows=4)
     real_upsert = Collection.upsert
     calls = []
 
-    def crash_on_third_batch(self: Collection, records: list[object]) -> None:
-        calls.append(len(records))
+    def crash_on_third_commit(self: Collection, records: list[object], *, new: bool = False) -> None:
+        if records:
+            calls.append(len(records))
         if len(calls) == 3:
             raise KeyboardInterrupt
-        real_upsert(self, records)  # type: ignore[arg-type]
+        real_upsert(self, records, new=new)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(Collection, "upsert", crash_on_third_batch)
+    monkeypatch.setattr(Collection, "upsert", crash_on_third_commit)
     with pytest.raises(KeyboardInterrupt):
         lib.ingest([photos / "good"])
     assert lib.collection.count() == 8

@@ -120,7 +120,10 @@ def assert_consistent(db: str, lib: Library, reference: Clipdex) -> None:
     assert min(cosines) >= 0.9999
 
 
-def test_sigkill_at_random_points_loses_nothing(tmp_path: Path, tiny_model: str) -> None:
+def test_sigkill_at_random_points_loses_nothing(
+    tmp_path: Path, tiny_model: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CLIPDEX_COMMIT_ROWS", "4")  # many commits, so that kills land between and during them
     lib = Library(tmp_path / "photos", seed=7)
     lib.add(120)
     truncated = corpus.bad_files(tmp_path / "bad")["truncated_jpeg"]
@@ -161,7 +164,10 @@ def wait_for_writer(db: str, process: subprocess.Popen[str]) -> None:
         time.sleep(0.02)
 
 
-def test_ctrl_c_stops_after_the_batch_and_the_next_run_finishes(tmp_path: Path, tiny_model: str) -> None:
+def test_ctrl_c_stops_after_the_batch_and_the_next_run_finishes(
+    tmp_path: Path, tiny_model: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CLIPDEX_COMMIT_ROWS", "4")
     lib = Library(tmp_path / "photos", seed=3)
     lib.add(400)
     db = str(tmp_path / "db")
@@ -190,8 +196,11 @@ def _rows(db: str) -> int:
 
 
 @pytest.fixture
-def busy_ingest(tmp_path: Path, tiny_model: str) -> Iterator[tuple[str, subprocess.Popen[str], Library]]:
-    """A collection with 40 images, and a long ingest of 600 more running on it."""
+def busy_ingest(
+    tmp_path: Path, tiny_model: str, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[tuple[str, subprocess.Popen[str], Library]]:
+    """A collection with 40 images, and a long ingest of 600 more running on it, committing often."""
+    monkeypatch.setenv("CLIPDEX_COMMIT_ROWS", "8")
     lib = Library(tmp_path / "photos", seed=5)
     lib.add(40)
     db = str(tmp_path / "db")

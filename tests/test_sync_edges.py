@@ -164,6 +164,7 @@ def test_write_errors_are_one_line(pics: Path, db: str, tiny_model: str, monkeyp
         raise RuntimeError("lance error: LanceError(IO): Permission denied\nmore detail")
 
     monkeypatch.setattr(lib.collection._images, "merge_insert", read_only)
+    monkeypatch.setattr(lib.collection._images, "add", read_only)
     with pytest.raises(StorageError, match=r"cannot write \(lance error: .*Permission denied\); check free space"):
         lib.ingest([pics])
 

@@ -19,6 +19,9 @@ OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 _RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
 
 
+MAX_ASPECT = 16  # resize_mode "shortest": crop images longer than this (relative to the input) first
+
+
 @dataclass(frozen=True)
 class ImageTransform:
     """Resize and crop an RGB image to the model's input, as open_clip's eval transform does."""
@@ -65,6 +68,8 @@ class ImageTransform:
     def to_pixels(self, image: Image.Image) -> np.ndarray:
         """Resize and crop to the model input: uint8 array of shape (height, width, 3)."""
         th, tw = self.size
+        if self.resize_mode == "shortest":
+            image = _crop_extreme(image, th, tw)
         w, h = image.size
         resample = _RESAMPLE[self.interpolation]
         if self.resize_mode == "squash":
@@ -86,6 +91,23 @@ class ImageTransform:
         if image.mode != "RGB":
             image = image.convert("RGB")
         return _center_crop_or_pad(np.asarray(image), th, tw, self.fill_color)
+
+
+def _crop_extreme(image: Image.Image, th: int, tw: int) -> Image.Image:
+    """The centre of an image far longer than wide (or wider than high), at most MAX_ASPECT times the
+    model's input aspect: resizing its short side to the input would otherwise make a long side of
+    millions of pixels (a 1 x 20000 PNG of 121 bytes: 3 GB), of which the centre crop keeps a sliver.
+    The kept centre is the same; only images beyond MAX_ASPECT take this path."""
+    w, h = image.size
+    if w * th > MAX_ASPECT * h * tw:  # too wide
+        keep = max(1, round(h * tw / th * MAX_ASPECT))
+        left = (w - keep) // 2
+        return image.crop((left, 0, left + keep, h))
+    if h * tw > MAX_ASPECT * w * th:  # too tall
+        keep = max(1, round(w * th / tw * MAX_ASPECT))
+        top = (h - keep) // 2
+        return image.crop((0, top, w, top + keep))
+    return image
 
 
 def _center_crop_or_pad(pixels: np.ndarray, th: int, tw: int, fill: int) -> np.ndarray:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import html
+import io
 import json
 import os
 from pathlib import Path
@@ -18,7 +19,8 @@ def clean_caption(text: str | None) -> str | None:
     """The first non-empty line, trimmed to MAX_CAPTION_CHARS; None when there is none."""
     if not text:
         return None
-    text = text.replace("\ufeff", "")
+    # Lone surrogates (a JSON "\\ud800" escape) cannot be stored as UTF-8: replace them.
+    text = text.encode("utf-8", errors="replace").decode("utf-8").replace("\ufeff", "")
     for raw in text.replace("\x00", "").splitlines():
         line = " ".join(raw.split())
         if line:
@@ -97,21 +99,22 @@ def _parse_jsonl(path: Path, text: str) -> list[tuple[str, str]]:
 
 
 def _parse_csv(path: Path, text: str) -> list[tuple[str, str]]:
-    rows = list(csv.reader(text.splitlines()))
+    # A quoted caption may hold line breaks: the csv module, not splitlines, decides where rows end.
+    reader = csv.reader(io.StringIO(text, newline=""))
+    rows = [(reader.line_num, row) for row in reader]
     if not rows:
         return []
-    header = [cell.strip().lower() for cell in rows[0]]
+    header = [cell.strip().lower() for cell in rows[0][1]]
     if "path" in header:
         p_col = header.index("path")
         c_col = header.index("caption") if "caption" in header else (header.index("text") if "text" in header else -1)
         if c_col < 0:
             raise ManifestError(f"--captions {path}: the header has 'path' but no 'caption' column")
         rows = rows[1:]
-        start = 2
     else:
-        p_col, c_col, start = 0, 1, 1
+        p_col, c_col = 0, 1
     pairs = []
-    for number, row in enumerate(rows, start):
+    for number, row in rows:
         if not any(cell.strip() for cell in row):
             continue
         if len(row) <= max(p_col, c_col):

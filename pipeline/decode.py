@@ -35,7 +35,8 @@ RAW_EXTENSIONS = frozenset(
      ".3fr", ".iiq"}
 )  # fmt: skip
 JPEG_START = b"\xff\xd8\xff"
-MAX_RAW_PREVIEWS = 16  # JPEG starts tried per RAW file (thumbnails, previews, false starts)
+MAX_RAW_PREVIEWS = 16  # JPEG previews kept per RAW file (thumbnails, previews)
+MAX_RAW_STARTS = 64  # JPEG start markers tried per RAW file, false starts included
 EXIF_ORIENTATION = 0x0112
 EXIF_DESCRIPTION = 0x010E
 EXIF_IFD = 0x8769
@@ -147,7 +148,9 @@ def raw_preview(data: bytes) -> bytes | None:
     """The largest JPEG embedded in a camera RAW file (most carry a full-size preview), or None."""
     candidates: list[tuple[int, int]] = []  # (pixels, offset)
     start = data.find(JPEG_START)
-    while start >= 0 and len(candidates) < MAX_RAW_PREVIEWS:
+    tries = 0  # every start tried counts: a file of false starts must not cost n^2
+    while start >= 0 and len(candidates) < MAX_RAW_PREVIEWS and tries < MAX_RAW_STARTS:
+        tries += 1
         try:
             with Image.open(io.BytesIO(data[start:]), formats=("JPEG",)) as preview:
                 candidates.append((preview.width * preview.height, start))

@@ -230,7 +230,7 @@ class Collection:
         if column not in ("vector", "caption_vector"):
             raise ValueError(f"column must be 'vector' or 'caption_vector', not {column!r}")
         if where:
-            _check_parentheses(where)
+            _check_where(where)
         filters = [f"({where})"] if where else []
         if exclude_ids:
             filters.append(f"id NOT IN ({', '.join(_sql_str(i) for i in exclude_ids)})")
@@ -250,15 +250,20 @@ class Collection:
             query = query.nprobes(NPROBES).ef(HNSW_EF).refine_factor(REFINE_FACTOR)
         try:
             rows = query.to_arrow().to_pylist()
-        except ValueError as exc:
+        except (ValueError, RuntimeError) as exc:  # a parse error, or one while running (x / 0, a bad cast)
+            if not where:
+                raise
             raise BadFilter(_bad_filter(where, exc)) from exc
         return [_hit(row) for row in rows]
 
     def check_filter(self, where: str) -> None:
-        """Raise BadFilter if LanceDB cannot run this where clause."""
+        """Raise BadFilter if a search could not run this where clause (an empty one is no filter)."""
+        if not where:
+            return
+        _check_where(where)
         try:
-            self._images.search().where(where).select(["id"]).limit(1).to_arrow()
-        except ValueError as exc:
+            self._images.search().where(f"({where})").select(["id"]).limit(1).to_arrow()
+        except (ValueError, RuntimeError) as exc:
             raise BadFilter(_bad_filter(where, exc)) from exc
 
     def has_index(self) -> bool:
@@ -549,18 +554,28 @@ def _refuse_file(uri: str) -> None:
         raise CollectionUnreadable(f"--db {uri} is a file; point --db at a folder (new, or holding a collection)")
 
 
-def _check_parentheses(where: str) -> None:
-    """A filter must not close the parentheses it is wrapped in (and escape the filters ANDed to it)."""
-    depth, quoted = 0, False
+def _check_where(where: str) -> None:
+    """Refuse what could escape the parentheses a filter is wrapped in (and the filters ANDed to
+    it): unbalanced parentheses, comments and statement ends outside strings; and placeholders,
+    which LanceDB cannot bind (it panics on them)."""
+    depth, quote, previous = 0, "", ""
     for char in where:
-        if char == "'":
-            quoted = not quoted
-        elif not quoted and char in "()":
+        if quote:
+            quote = "" if char == quote else quote
+        elif char in "'\"":
+            quote = char
+        elif char in "()":
             depth += 1 if char == "(" else -1
             if depth < 0:
                 break
-    if depth != 0:
-        raise BadFilter(f"--where {where!r}: unbalanced parentheses; close each one you open")
+        elif previous + char in ("--", "/*", "*/") or char == ";":
+            raise BadFilter(f"--where {where!r}: comments and ';' are not allowed outside quoted strings")
+        elif char in "?$:":
+            raise BadFilter(f"--where {where!r}: {char!r} outside a quoted string; put values in single quotes")
+        previous = "" if quote else char
+    if depth != 0 or quote:
+        what = "an unclosed quote" if quote else "unbalanced parentheses"
+        raise BadFilter(f"--where {where!r}: {what}; close each one you open")
 
 
 def _bad_filter(where: str | None, exc: Exception) -> str:

@@ -35,7 +35,7 @@ from pipeline.ingest import Ingester, IngestOptions, IngestReport, Progress, _Pl
 from pipeline.scan import ScannedFile
 from pipeline.sources import is_uri
 from pipeline.workers import DecodePool, default_workers
-from storage import Failure, FileState, records_table
+from storage import Failure, FileState, Moved, records_table
 
 if TYPE_CHECKING:
     from models import Encoder
@@ -117,9 +117,6 @@ class RayIngester(Ingester):
         if not files:
             return
         start_ray(self.ray_options)
-        # Rows of changed files go first: an interrupted run then leaves no stale vector and no
-        # second row for a path, and the next run embeds these files as new ones.
-        self.collection.delete(states[f.path].id for f in files if f.path in states)
         for start in range(0, len(files), CHUNK_FILES):
             chunk = files[start : start + CHUNK_FILES]
             self._run_chunk(chunk, states, report)
@@ -128,36 +125,50 @@ class RayIngester(Ingester):
                 break
 
     def _run_chunk(self, files: list[ScannedFile], states: dict[str, FileState], report: IngestReport) -> None:
-
+        """Embed a chunk on Ray, then write it: its rows in one append, moves, deletions, failures."""
         items = []
         for f in files:
             stored = states.get(f.path)
             caption, source = self._caption(f, None, stored)  # the image's own description comes later
-            image_id = stored.id if stored else secrets.token_hex(8)
+            image_id = stored.id if stored else secrets.token_hex(8)  # a changed file keeps its id
             items.append({"path": f.path, "size": f.size, "mtime_ns": f.mtime_ns, "id": image_id,
                           "caption": caption or "", "caption_source": source or ""})  # fmt: skip
-        done = self._embedded(items)
-        self.collection.append_dataset(done.map_batches(_stored_rows, batch_format="pyarrow"))
+        try:
+            done = self._embedded(items)
+            outcome = done.select_columns(["path", "hash", "failure"]).take_all()
+        except ClipdexError:
+            raise
+        except Exception as exc:  # Ray's, Ray Data's or a worker's: one line, not a traceback
+            raise ClipdexError(
+                f"the Ray job failed ({_first_line(exc)}); nothing of this chunk was written; run again, "
+                "or --engine local, which records a file that crashes its decoder as a failure"
+            ) from exc
         by_path = {f.path: f for f in files}
-        outcome = done.select_columns(["path", "hash", "failure"]).take_all()
-        failures, embedded = [], []
+        failures, embedded, touched, stale = [], [], [], []
         for row in outcome:
             f, stored = by_path[row["path"]], states.get(row["path"])
             if row["failure"] and not is_uri(f.path) and not os.path.lexists(f.path):
-                report.vanished += 1  # deleted since the scan (its old row, if any, went first)
-                report.removed += stored is not None
+                report.vanished += 1  # deleted since the scan
             elif row["failure"]:
                 failures.append(Failure(f.path, row["failure"], f.size, f.mtime_ns, datetime.now(UTC)))
-                report.removed += stored is not None  # its row showed content that is gone
+            elif stored is not None and stored.hash == row["hash"]:
+                touched.append(Moved(stored.id, f.path, f.size, f.mtime_ns))  # mtime changed only: keep the row
+                continue
             else:
                 embedded.append(f.path)
-                if stored is None:
-                    report.added += 1
-                elif stored.hash == row["hash"]:
-                    report.unchanged += 1  # only its mtime changed (re-embedded: same vector)
-                else:
-                    report.updated += 1
-        self.collection.clear_failures(embedded)
+                report.added += stored is None
+                report.updated += stored is not None
+            if stored is not None:
+                stale.append(stored.id)  # its row shows content that is gone, or is replaced below
+                report.removed += bool(row["failure"])
+        # Old rows go right before their replacements: a kill between the two commits loses no
+        # file (the next run embeds it again, as new) and never leaves two rows for a path.
+        self.collection.delete(stale)
+        skip = {t.path for t in touched}
+        self.collection.append_dataset(done.map_batches(_stored_rows, fn_kwargs={"skip": skip}, batch_format="pyarrow"))
+        self.collection.move(touched)
+        report.unchanged += len(touched)
+        self.collection.clear_failures(embedded + [t.path for t in touched])
         self._fail(report, failures)
 
     def _embedded(self, items: list[dict[str, Any]]) -> Any:
@@ -288,6 +299,14 @@ def _loose(table: pa.Table) -> pa.Table:
     return table.cast(pa.schema([f.with_nullable(True) for f in table.schema]))
 
 
-def _stored_rows(batch: pa.Table) -> pa.Table:
-    """The embedded rows of a batch, without the failure column, as the images table stores them."""
-    return batch.filter(pc.is_null(batch["failure"])).drop_columns(["failure"])
+def _stored_rows(batch: pa.Table, skip: set[str]) -> pa.Table:
+    """The embedded rows of a batch to store (not those in skip), without the failure column."""
+    keep = pc.and_(
+        pc.is_null(batch["failure"]), pc.invert(pc.is_in(batch["path"], pa.array(sorted(skip), pa.string())))
+    )
+    return batch.filter(keep).drop_columns(["failure"])
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

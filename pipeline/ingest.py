@@ -31,6 +31,7 @@ from storage import CaptionUpdate, Failure, FileState, ImageRecord, Moved
 # first: few enough commits that the table stays a few large fragments, often enough that a
 # crash loses little.
 COMMIT_SECONDS = 10.0
+NON_FINITE = "the model gave this image a vector of NaN or infinity (fp16 overflow?); try --precision fp32"
 
 if TYPE_CHECKING:
     from storage import Collection
@@ -90,6 +91,7 @@ class IngestOptions:
     prune: bool = True  # remove rows of files that disappeared under the roots
     prune_empty: bool = False  # also when a root yields no images at all (else: an unmounted drive?)
     commit_rows: int = 2048  # rows per commit (or every COMMIT_SECONDS): what a crash can lose
+    force: frozenset[str] = frozenset()  # paths to read again even if their size and mtime match
 
 
 @dataclass
@@ -161,7 +163,7 @@ class Ingester:
         if opts.prune:
             report.removed += self.collection.delete(s.id for s in plan.missing)
         present = {f.path for f in scan.files} | {p for p, _ in scan.errors}
-        stale = [p for p in failed_before if _in_scope(p, scopes) and p not in present and not os.path.lexists(p)]
+        stale = [p for p in failed_before if _in_scope(p, scopes) and p not in present and not scan.exists(p)]
         self.collection.clear_failures(stale)
         report.seconds = time.monotonic() - started
         self._progress(Progress("done", 1, 1))
@@ -181,7 +183,8 @@ class Ingester:
             seen.add(f.path)
             stored = states.get(f.path)
             failure = failed_before.get(f.path)
-            if stored is not None and stored.size == f.size and stored.mtime_ns == f.mtime_ns:
+            same = stored is not None and stored.size == f.size and stored.mtime_ns == f.mtime_ns
+            if stored is not None and same and f.path not in self.options.force:
                 plan.unchanged.append(f)
                 plan.recaption.append((f, stored))
             elif (
@@ -195,10 +198,12 @@ class Ingester:
         # A stored file counts as gone only if it is really gone: not merely left out by
         # --include/--exclude, and not inside a folder we could not list this time.
         hidden = [folder for folder, _ in scan.errors if os.path.isdir(folder)]
+        if not self.options.prune:
+            return plan  # nothing is removed: no need to look for what is gone
         candidates = [
             s
             for p, s in states.items()
-            if p not in seen and _in_scope(p, scopes) and not _in_scope(p, hidden) and not os.path.lexists(p)
+            if p not in seen and _in_scope(p, scopes) and not _in_scope(p, hidden) and not scan.exists(p)
         ]
         # A root that yields nothing while rows are stored under it is more likely an unmounted
         # drive than an emptied library: keep its rows.
@@ -273,7 +278,9 @@ class Ingester:
                 batch.append(result)
             last = done == len(by_path)
             if len(batch) >= self.encoder.batch_size or (last and batch):
-                pending.records += self._embed(batch, by_path, states)
+                records, failed = self._embed(batch, by_path, states)
+                pending.records += records
+                pending.failures += failed
                 batch = []
             due = len(pending) >= self.options.commit_rows or time.monotonic() - last_commit >= COMMIT_SECONDS
             if pending and (due or last or self.stop.is_set()):
@@ -285,10 +292,19 @@ class Ingester:
 
     def _embed(
         self, batch: list[Decoded], files: dict[str, ScannedFile], states: dict[str, FileState]
-    ) -> list[ImageRecord]:
+    ) -> tuple[list[ImageRecord], list[Failure]]:
         """One forward pass over a batch of decoded images (and one over their captions)."""
         pixels = np.stack([d.pixels for d in batch if d.pixels is not None])
         vectors = self.encoder.embed_pixels(pixels)
+        finite = np.isfinite(vectors).all(axis=1)
+        failed = [
+            Failure(d.path, NON_FINITE, files[d.path].size, files[d.path].mtime_ns, datetime.now(UTC))
+            for d, ok in zip(batch, finite, strict=True)
+            if not ok
+        ]
+        if failed:  # one image must not sink the commit of the others
+            batch = [d for d, ok in zip(batch, finite, strict=True) if ok]
+            vectors = vectors[finite]
         captions = [self._caption(files[d.path], d.description, states.get(d.path)) for d in batch]
         caption_vectors = self._embed_captions([c for c, _ in captions])
         records = []
@@ -299,7 +315,7 @@ class Ingester:
             image_id = stored.id if stored else secrets.token_hex(8)
             caption_info = (caption, source, caption_vector)
             records.append(d.record(image_id, size=f.size, mtime_ns=f.mtime_ns, vector=vector, caption=caption_info))
-        return records
+        return records, failed
 
     def _write(self, pending: _Pending, states: dict[str, FileState], report: IngestReport) -> None:
         """Commit embedded rows (new ones appended, changed ones replaced), touched rows and failures."""

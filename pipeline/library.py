@@ -136,10 +136,18 @@ class Clipdex:
         ingester = Ingester(self.collection, self.encoder, options, stop)
         ray_workers = 0
         if s.engine == "ray":
-            from pipeline.distributed import RayIngester, RayOptions  # noqa: PLC0415 - imports Ray
+            from pipeline.distributed import RayIngester, RayOptions, start_ray  # noqa: PLC0415 - imports Ray
 
+            if s.ray_address and not is_uri(self.collection.uri):
+                # lance-ray writes data files on whichever node holds the rows: a folder on this
+                # machine would end up with files on other machines' disks.
+                raise ClipdexError(
+                    f"--db {self.collection.uri}: on a Ray cluster the collection must be on object storage "
+                    "(--db s3://bucket/prefix); leave out --ray-address to use a local Ray with a local folder"
+                )
             ray_workers = s.workers or 1
             ray_options = RayOptions(s.ray_address, ray_workers, s.gpus_per_worker, s.cpus_per_worker)
+            start_ray(ray_options)  # before any lance-ray call, which would start a Ray of its own
             spec = encoder_spec(s, self.encoder.fingerprint)
             # Hashing files to find moves stays here, in this machine's decode processes.
             options = dataclasses.replace(options, workers=default_workers())
@@ -157,16 +165,21 @@ class Clipdex:
         """Check every row against its file and every vector (pipeline.verify); with repair, fix
         what is off: rows of deleted files go, files whose rows are off are ingested again."""
         workers = default_workers() if self.settings.workers is None else self.settings.workers
-        report = verify(self.collection, workers=workers, progress=progress)
-        if not repair or report.ok:
-            return report
+        if not repair:
+            return verify(self.collection, workers=workers, progress=progress)
 
         def reingest(paths: list[str]) -> int:
-            options = IngestOptions(workers=workers, max_pixels=self.settings.max_pixels, prune=False)
-            return Ingester(self.collection, self.encoder, options).run(paths, progress).added
+            # Read again even when size and mtime match (the bytes changed under them); a stored
+            # row keeps its id and caption, a removed one comes back as new.
+            options = IngestOptions(
+                workers=workers, max_pixels=self.settings.max_pixels, prune=False, force=frozenset(paths)
+            )
+            report = Ingester(self.collection, self.encoder, options).run(paths, progress)
+            return report.added + report.updated
 
-        with self.collection.writer("verify --repair"):
-            return run_repair(self.collection, report, reingest)
+        with self.collection.writer("verify --repair"):  # before reading: the report must stay true
+            report = verify(self.collection, workers=workers, progress=progress)
+            return report if report.ok else run_repair(self.collection, report, reingest)
 
     def search(
         self,

@@ -60,6 +60,11 @@ class ScanResult:
     files: list[ScannedFile] = field(default_factory=list)
     errors: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
     videos: int = 0
+    listed: set[str] = field(default_factory=set)  # every object under URI roots, filtered or not
+
+    def exists(self, path: str) -> bool:
+        """Whether a file is still there: on disk, or in the listing of an object-store root."""
+        return path in self.listed if is_uri(path) else os.path.lexists(path)
 
 
 def sniff_image(header: bytes) -> bool:
@@ -114,11 +119,21 @@ class Scanner:
         objects = list_objects(root)
         listing = {uri for uri, _, _ in objects}
         prefix = root.rstrip("/") + "/"
+        result.listed |= listing
         for uri, size, mtime_ns in objects:
             parts = uri[len(prefix) :].split("/") if uri.startswith(prefix) else [uri.rsplit("/", 1)[-1]]
             name = parts[-1]
             hidden = any(p.startswith(".") or p in SKIPPED_FOLDERS for p in parts)
-            if uri in seen or hidden or self._excluded(root, uri, name) or not self._included(root, uri, name):
+            # An excluded "folder" (a key prefix) leaves out everything under it, as on disk.
+            folders = [(prefix + "/".join(parts[: i + 1]), parts[i]) for i in range(len(parts) - 1)]
+            excluded = any(self._excluded(root, path, folder) for path, folder in folders)
+            if (
+                uri in seen
+                or hidden
+                or excluded
+                or self._excluded(root, uri, name)
+                or not self._included(root, uri, name)
+            ):
                 continue
             seen.add(uri)
             ext = os.path.splitext(name)[1].lower()

@@ -31,6 +31,7 @@ from pipeline.decode import DecodeFailed, decode_bytes, thumbnail_image
 from pipeline.errors import ClipdexError
 from pipeline.library import Clipdex
 from pipeline.render import hit_dict, stats_dict
+from pipeline.sources import is_uri, read_bytes
 from storage import BadFilter, StorageError
 
 DEFAULT_MAX_UPLOAD = 32 * 1024 * 1024
@@ -147,17 +148,22 @@ def create_app(
             raise HTTPException(404, f"no image with id {image_id}")
         target = thumbs / f"{record.id}-{record.hash}-{size}.jpg"
         if not target.exists():
-            _make_thumbnail(Path(record.path), target, size)
+            _make_thumbnail(record.path, target, size)
         return FileResponse(target, media_type="image/jpeg", headers={"Cache-Control": "max-age=86400"})
 
     @app.get("/api/images/{image_id}", summary="The original image file")
-    def original(image_id: str) -> FileResponse:
+    def original(image_id: str) -> Response:
         record = lib.collection.get(image_id)
         if record is None:
             raise HTTPException(404, f"no image with id {image_id}")
+        media = mimetypes.guess_type(record.path)[0] or f"image/{record.format.lower()}"
+        if is_uri(record.path):  # on object storage: read it through, no local file to send
+            try:
+                return Response(read_bytes(record.path), media_type=media)
+            except OSError as exc:
+                raise HTTPException(410, f"{record.path} cannot be read any more ({exc}); run clipdex ingest") from exc
         if not os.path.isfile(record.path):
             raise HTTPException(410, f"{record.path} is no longer on disk; run clipdex ingest")
-        media = mimetypes.guess_type(record.path)[0] or f"image/{record.format.lower()}"
         return FileResponse(record.path, media_type=media)
 
     def _embed_upload(data: bytes, name: str) -> Any:
@@ -184,9 +190,9 @@ async def _read_upload(file: UploadFile, limit: int) -> bytes:
     return data
 
 
-def _make_thumbnail(source: Path, target: Path, size: int) -> None:
+def _make_thumbnail(source: str, target: Path, size: int) -> None:
     try:
-        thumb = thumbnail_image(str(source), size)
+        thumb = thumbnail_image(source, size)
     except (OSError, ValueError, SyntaxError) as exc:
         raise HTTPException(410, f"{source} cannot be read any more ({exc}); run clipdex ingest") from exc
     target.parent.mkdir(parents=True, exist_ok=True)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import functools
 import os
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlparse
 
 from pipeline.errors import InputNotFound
 
@@ -46,7 +45,7 @@ def list_objects(root: str) -> list[tuple[str, int, int]]:
     from pyarrow.fs import FileSelector, FileType  # noqa: PLC0415 - see the module docstring
 
     fs, key = _resolve(root)
-    scheme = urlparse(root).scheme
+    scheme = root.split("://", 1)[0]
     try:
         info = fs.get_file_info(key)
         if info.type == FileType.File:
@@ -68,14 +67,15 @@ def list_objects(root: str) -> list[tuple[str, int, int]]:
 
 
 def _resolve(uri: str) -> tuple[FileSystem, str]:
-    parsed = urlparse(uri)
-    if parsed.scheme not in SCHEMES:
-        raise InputNotFound(f"{uri}: clipdex reads images from s3:// and gs:// URIs, not {parsed.scheme}://")
-    if parsed.scheme != "s3":
-        return _filesystem("gs", None, None), f"{parsed.netloc}{parsed.path}"
+    # Split by hand: urlparse would take a '#' or '?' in a key for a fragment or a query.
+    scheme, _, key = uri.partition("://")
+    if scheme not in SCHEMES:
+        raise InputNotFound(f"{uri}: clipdex reads images from s3:// and gs:// URIs, not {scheme}://")
+    if scheme != "s3":
+        return _filesystem("gs", None, None), key
     endpoint = os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT")
     region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
-    return _filesystem("s3", endpoint, region), f"{parsed.netloc}{parsed.path}"
+    return _filesystem("s3", endpoint, region), key
 
 
 @functools.cache
@@ -86,9 +86,9 @@ def _filesystem(scheme: str, endpoint: str | None, region: str | None) -> FileSy
         return fs.GcsFileSystem()
     options: dict[str, Any] = {}
     if endpoint:
-        parsed = urlparse(endpoint)
-        options["endpoint_override"] = parsed.netloc or parsed.path
-        options["scheme"] = parsed.scheme or "https"
+        scheme_part, _, host = endpoint.rpartition("://")
+        options["endpoint_override"] = host.rstrip("/")
+        options["scheme"] = scheme_part or "https"
     if region:
         options["region"] = region
     return fs.S3FileSystem(**options)

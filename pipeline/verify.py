@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 
 UNIT_TOLERANCE = 1e-3  # |norm - 1| allowed for a stored (float32, normalised) vector
 BATCH_ROWS = 4096
+GONE = -2  # the size _size_and_hash gives a file that is not there
 
 
 @dataclass
@@ -112,17 +113,22 @@ def _check_files(
     rows: dict[str, list[tuple[int, str]]], workers: int, report: VerifyReport, progress: ProgressFn
 ) -> None:
     present = []
+    folders: dict[str, bool] = {}
     for path in rows:
+        folder = os.path.dirname(path)
         if is_uri(path) or os.path.lexists(path):
             present.append(path)
-        elif os.path.isdir(os.path.dirname(path)):
+        elif folders.setdefault(folder, _has_entries(folder)):
             report.problems.append(Problem(path, "missing", "the file is gone"))
-        else:
-            report.problems.append(Problem(path, "folder-missing", "its folder is gone (an unmounted drive?)"))
+        else:  # an empty or absent folder: more likely an unmounted drive than deleted photos
+            report.problems.append(Problem(path, "folder-missing", "its folder is gone or empty (an unmounted drive?)"))
     with DecodePool(workers) as pool:
         for done, result in enumerate(pool.map(_size_and_hash, present), 1):
             progress(Progress("verify files", done, len(present)))
             path, size, digest = result if not isinstance(result, DecodeFailed) else (result.path, -1, result.reason)
+            if size == GONE:
+                report.problems.append(Problem(path, "missing", "the object is gone"))
+                continue
             if size < 0:
                 report.problems.append(Problem(path, "unreadable", digest))
                 continue
@@ -137,30 +143,43 @@ def _size_and_hash(path: str) -> tuple[str, int, str] | DecodeFailed:
     """Runs in a decode process: the file's size and content hash, as ingest computes them."""
     try:
         data = read_bytes(path)
+    except FileNotFoundError:
+        return path, GONE, ""  # an object deleted from its bucket (files were checked before)
     except OSError as exc:
         return DecodeFailed(path, f"cannot read: {exc.strerror or exc}")
     return path, len(data), content_hash(data)
+
+
+def _has_entries(folder: str) -> bool:
+    try:
+        with os.scandir(folder) as entries:
+            return next(entries, None) is not None
+    except OSError:
+        return False
 
 
 Reingest = Callable[[list[str]], int]
 
 
 def repair(collection: Collection, report: VerifyReport, reingest: Reingest) -> VerifyReport:
-    """Fix what verify found: drop the rows of files that are gone, re-ingest the files whose rows
-    are off (new rows replace them), clear failures of stored paths. Rows under a folder that is
-    gone entirely are kept: an unmounted drive is not a deletion."""
+    """Fix what verify found: drop the rows of files that are gone, read again the files whose rows
+    are off, clear failures of stored paths. Rows under a folder that is gone or empty are kept:
+    an unmounted drive is not a deletion."""
     gone = {p.path for p in report.problems if p.kind == "missing"}
-    redo = {p.path for p in report.problems if p.kind in ("size", "content", "vector", "duplicate")} - gone
+    broken = {p.path for p in report.problems if p.kind in ("vector", "duplicate")} - gone
+    changed = {p.path for p in report.problems if p.kind in ("size", "content")} - gone - broken
     stale = {p.path for p in report.problems if p.kind == "stale-failure"}
     collection.clear_failures(stale)
     report.cleared = len(stale)
-    doomed = gone | redo
+    # Changed files are read again in place (their rows keep ids, captions and tags); rows with a
+    # bad vector, and every row of a path stored twice, go and come back as new.
+    doomed = gone | broken
     ids = []
     for batch in collection.iter_rows(["id", "path"]):
         data = batch.to_pydict()
         ids += [i for i, p in zip(data["id"], data["path"], strict=True) if p in doomed]
     collection.delete(ids)
     report.removed = len(gone)
-    if redo:
-        report.reingested = reingest(sorted(redo))
+    if broken | changed:
+        report.reingested = reingest(sorted(broken | changed))
     return report

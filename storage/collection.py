@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
+import fcntl  # POSIX: clipdex runs on Linux and macOS
 import os
 import re
 from collections.abc import Iterable, Iterator, Sequence
@@ -354,6 +354,11 @@ class Collection:
                     f"--db {self.uri}: {holder} is writing to this collection; "
                     "wait for it to finish (searches work meanwhile), or stop it"
                 ) from None
+            except OSError as exc:  # a file system without locks (some NFS, FUSE and SMB mounts)
+                raise StorageError(
+                    f"--db {self.uri}: cannot lock the collection for writing ({exc.strerror or exc}); "
+                    "put it on a local disk, or on object storage"
+                ) from exc
             try:
                 f.seek(0)
                 f.truncate()
@@ -558,24 +563,32 @@ def _check_where(where: str) -> None:
     """Refuse what could escape the parentheses a filter is wrapped in (and the filters ANDed to
     it): unbalanced parentheses, comments and statement ends outside strings; and placeholders,
     which LanceDB cannot bind (it panics on them)."""
-    depth, quote, previous = 0, "", ""
+    bare, quote = [], ""  # the filter outside quoted strings (each string becomes '')
     for char in where:
         if quote:
-            quote = "" if char == quote else quote
-        elif char in "'\"":
-            quote = char
-        elif char in "()":
-            depth += 1 if char == "(" else -1
-            if depth < 0:
-                break
-        elif previous + char in ("--", "/*", "*/") or char == ";":
-            raise BadFilter(f"--where {where!r}: comments and ';' are not allowed outside quoted strings")
-        elif char in "?$:":
-            raise BadFilter(f"--where {where!r}: {char!r} outside a quoted string; put values in single quotes")
-        previous = "" if quote else char
-    if depth != 0 or quote:
+            if char == quote:
+                quote = ""
+                bare.append(char)
+        else:
+            quote = char if char in "'\"" else ""
+            bare.append(char)
+    text = "".join(bare)
+    if quote or text.count("(") != text.count(")") or _closes_early(text):
         what = "an unclosed quote" if quote else "unbalanced parentheses"
         raise BadFilter(f"--where {where!r}: {what}; close each one you open")
+    if re.search(r"--|/\*|\*/|;", text):
+        raise BadFilter(f"--where {where!r}: comments and ';' are not allowed outside quoted strings")
+    if re.search(r"[?$]|(?<!:):(?!:)|:::", text):  # '::' is a cast (width::bigint); ':x', '?', '$1' placeholders
+        raise BadFilter(f"--where {where!r}: placeholders (?, $1, :name) are not supported; put values in quotes")
+
+
+def _closes_early(text: str) -> bool:
+    depth = 0
+    for char in text:
+        depth += (char == "(") - (char == ")")
+        if depth < 0:
+            return True
+    return False
 
 
 def _bad_filter(where: str | None, exc: Exception) -> str:

@@ -935,3 +935,10 @@ def test_regression_raw_preview_search_is_unbounded() -> None:
         returncode, summary, case = _in_child("one", 3, raw)
     assert returncode == 0, f"over 3 s: {case}"
     assert not summary["decoded"] and summary["seconds"] < 3, summary
+
+
+@pytest.mark.parametrize("where", ["width::bigint > 1", "caption LIKE '%dog%' OR caption = 'it''s -- (a; b'"])
+def test_regression_legitimate_filters_pass_the_checks(where_lib: Clipdex, where: str) -> None:
+    """A cast ('::') is not a placeholder, and comments, ';' and parentheses inside strings are text."""
+    assert where_lib.search("a photo", where=where, k=10)
+    where_lib.collection.check_filter(where)

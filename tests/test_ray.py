@@ -13,6 +13,7 @@ import pytest
 
 from pipeline import Clipdex
 from pipeline.config import Settings
+from pipeline.errors import ClipdexError
 from pipeline.sources import _resolve
 from storage import FileState
 from tests import corpus
@@ -130,6 +131,13 @@ def test_cli_engine_ray(local_ray: None, library: Path, tmp_path: Path, tiny_mod
     out = run("ingest", str(library / "good"), *args, "--json").stdout.splitlines()[-1]
     assert (json.loads(out)["added"], json.loads(out)["failed"]) == (17, 0)
     assert len(run("search", "a dog", "--db", db, "-k", "3", "--paths").stdout.splitlines()) == 3
+
+
+def test_a_cluster_needs_the_collection_on_object_storage(tmp_path: Path, tiny_model: str, photos: Path) -> None:
+    lib = open_ray(str(tmp_path / "db"), tiny_model, ray_address="ray://head:10001")
+    with pytest.raises(ClipdexError, match=r"on a Ray cluster the collection must be on object storage"):
+        lib.ingest([photos / "good"])
+    assert lib.collection.count() == 0
 
 
 def upload(folder: Path, prefix: str) -> int:

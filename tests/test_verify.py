@@ -53,6 +53,8 @@ def damaged(tmp_path: Path, tiny_model: str) -> tuple[Clipdex, dict[str, Path]]:
 def test_verify_finds_each_problem_and_repair_fixes_them(tmp_path: Path, tiny_model: str) -> None:
     lib, files = damaged(tmp_path, tiny_model)
     db = lib.collection.uri
+    changed = lib.collection.get_by_path(str(files["content"]))
+    assert changed is not None
     found = run("verify", "--db", db, "--json", ok=False)
     report = json.loads(found.stdout)
     assert report["checked"] == 9
@@ -82,6 +84,8 @@ def test_verify_finds_each_problem_and_repair_fixes_them(tmp_path: Path, tiny_mo
     assert set(mine) - set(theirs) == {str(files["away"])}
     assert min(float(mine[p] @ theirs[p]) for p in theirs) >= 0.999  # every row shows its file's bytes
     assert np.isclose(np.linalg.norm(mine[str(files["vector"])]), 1.0)
+    again = lib.collection.get_by_path(str(files["content"]))
+    assert again is not None and again.id == changed.id and again.hash != changed.hash  # read again in place
 
 
 def test_verify_of_a_sound_collection(tmp_path: Path, tiny_model: str, photos: Path) -> None:

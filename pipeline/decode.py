@@ -19,6 +19,7 @@ from PIL import Image, ImageCms, ImageFile, ImageOps, UnidentifiedImageError
 
 from models.transform import ImageTransform
 from pipeline.captions import clean_caption, xmp_description
+from pipeline.errors import first_line
 from pipeline.sources import read_bytes
 from storage.records import ImageRecord
 
@@ -137,11 +138,11 @@ def decode_bytes(name: str, data: bytes, transform: ImageTransform, max_pixels: 
         except UnidentifiedImageError:
             return DecodeFailed(name, f"not an image clipdex can read ({FORMATS_HELP})")
         except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as exc:
-            return DecodeFailed(name, f"corrupt or truncated image: {_first_line(exc)}")
+            return DecodeFailed(name, f"corrupt or truncated image: {first_line(exc)}")
         except MemoryError:
             return DecodeFailed(name, "out of memory while decoding; lower --max-pixels or --workers")
         except Exception as exc:  # a decoder bug must not stop the batch
-            return DecodeFailed(name, f"decoder error {type(exc).__name__}: {_first_line(exc)}")
+            return DecodeFailed(name, f"decoder error {type(exc).__name__}: {first_line(exc)}")
 
 
 def raw_preview(data: bytes) -> bytes | None:
@@ -270,8 +271,3 @@ def _exif_datetime(value: object) -> datetime | None:
         return datetime.strptime(text.strip().rstrip("\x00")[:19], "%Y:%m:%d %H:%M:%S")
     except ValueError:
         return None
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

@@ -30,7 +30,7 @@ import pyarrow.compute as pc
 import models
 from models import EncoderSpec, ImageTransform
 from pipeline.decode import Decoded, DecodeFailed, decode_file
-from pipeline.errors import ClipdexError
+from pipeline.errors import ClipdexError, first_line
 from pipeline.ingest import Ingester, IngestOptions, IngestReport, Progress, _Plan
 from pipeline.scan import ScannedFile
 from pipeline.sources import is_uri
@@ -140,7 +140,7 @@ class RayIngester(Ingester):
             raise
         except Exception as exc:  # Ray's, Ray Data's or a worker's: one line, not a traceback
             raise ClipdexError(
-                f"the Ray job failed ({_first_line(exc)}); nothing of this chunk was written; run again, "
+                f"the Ray job failed ({first_line(exc)}); nothing of this chunk was written; run again, "
                 "or --engine local, which records a file that crashes its decoder as a failure"
             ) from exc
         by_path = {f.path: f for f in files}
@@ -305,8 +305,3 @@ def _stored_rows(batch: pa.Table, skip: set[str]) -> pa.Table:
         pc.is_null(batch["failure"]), pc.invert(pc.is_in(batch["path"], pa.array(sorted(skip), pa.string())))
     )
     return batch.filter(keep).drop_columns(["failure"])
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

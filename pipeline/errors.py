@@ -33,3 +33,9 @@ class ManifestError(ClipdexError):
 
 class ModelMismatch(ClipdexError):
     """The collection was built with another model; mixing vectors is refused."""
+
+
+def first_line(exc: BaseException) -> str:
+    """An exception's message cut to its first line (the class name when it has none)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -12,7 +12,7 @@ import functools
 import os
 from typing import TYPE_CHECKING, Any
 
-from pipeline.errors import InputNotFound
+from pipeline.errors import InputNotFound, first_line
 
 if TYPE_CHECKING:
     from pyarrow.fs import FileSystem
@@ -37,7 +37,7 @@ def read_bytes(path: str) -> bytes:
     except OSError:
         raise
     except Exception as exc:  # other pyarrow errors (transport, auth) as the OSError callers expect
-        raise OSError(_first_line(exc)) from exc
+        raise OSError(first_line(exc)) from exc
 
 
 def list_objects(root: str) -> list[tuple[str, int, int]]:
@@ -54,7 +54,7 @@ def list_objects(root: str) -> list[tuple[str, int, int]]:
             entries = fs.get_file_info(FileSelector(key.rstrip("/"), recursive=True, allow_not_found=True))
     except Exception as exc:
         raise InputNotFound(
-            f"{root}: cannot list ({_first_line(exc)}); "
+            f"{root}: cannot list ({first_line(exc)}); "
             "check the bucket name and the AWS_* (or GOOGLE_*) credentials and endpoint variables"
         ) from exc
     found = []
@@ -92,8 +92,3 @@ def _filesystem(scheme: str, endpoint: str | None, region: str | None) -> FileSy
     if region:
         options["region"] = region
     return fs.S3FileSystem(**options)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
+import pyarrow as pa
 
 from pipeline.decode import DecodeFailed, content_hash
 from pipeline.ingest import Progress, ProgressFn
@@ -89,16 +90,13 @@ def verify(collection: Collection, *, workers: int = 0, progress: ProgressFn | N
     return report
 
 
-def _check_vectors(paths: list[str], column: object, what: str, report: VerifyReport) -> None:
-    import pyarrow as pa  # noqa: PLC0415 - loaded with LanceDB already
-
-    assert isinstance(column, pa.ChunkedArray | pa.Array)
-    valid = np.asarray(column.is_valid()) if what == "caption" else np.ones(len(paths), bool)
+def _check_vectors(paths: list[str], column: pa.Array, what: str, report: VerifyReport) -> None:
+    """Each non-null vector of the column must be finite and of unit length."""
+    valid = np.asarray(column.is_valid())
     if not valid.any():
         return
-    flat = column.filter(pa.array(valid)) if what == "caption" else column
-    chunks = flat.chunks if isinstance(flat, pa.ChunkedArray) else [flat]
-    vectors = np.concatenate([c.flatten().to_numpy(zero_copy_only=False).reshape(len(c), -1) for c in chunks])
+    present = column.filter(pa.array(valid))
+    vectors = present.flatten().to_numpy(zero_copy_only=False).reshape(len(present), -1)
     kept = [p for p, v in zip(paths, valid, strict=True) if v]
     finite = np.isfinite(vectors).all(axis=1)
     norms = np.linalg.norm(np.where(np.isfinite(vectors), vectors, 0), axis=1)

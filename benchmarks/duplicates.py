@@ -14,7 +14,7 @@ import numpy as np
 from common import timed
 from query import DIM, fill
 
-from pipeline.duplicates import find_duplicates
+from pipeline.analyse.duplicates import find_duplicates
 from storage import Collection
 
 

@@ -28,8 +28,9 @@ from PIL import Image
 
 import models
 from pipeline import Clipdex, Settings
-from pipeline.decode import decode_file
-from pipeline.workers import DecodePool, default_workers
+from pipeline.config import default_workers
+from pipeline.ingest.decode import decode_file
+from pipeline.ingest.pool import DecodePool
 from storage import Collection
 
 

@@ -24,7 +24,7 @@ from query import DIM, fill, latencies, recall
 
 import models
 from pipeline import Clipdex, Settings
-from pipeline.workers import default_workers
+from pipeline.config import default_workers
 from storage import Collection, Hit
 
 

@@ -11,7 +11,7 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from models.encoder import Encoder, Fingerprint
-from models.errors import DeviceUnavailable, ModelError, ModelNotFound, ModelUnavailable
+from models.errors import BadSpec, DeviceUnavailable, ModelError, ModelNotFound, ModelUnavailable
 from models.spec import DEFAULT_MODEL, DEFAULT_PRETRAINED, DEVICES, PRECISIONS, EncoderSpec
 from models.transform import ImageTransform
 
@@ -27,6 +27,7 @@ __all__ = [
     "DEFAULT_PRETRAINED",
     "DEVICES",
     "PRECISIONS",
+    "BadSpec",
     "DeviceUnavailable",
     "Encoder",
     "EncoderSpec",

@@ -3,7 +3,8 @@
 ModelError
  ├── ModelNotFound       the name, tag, folder or checkpoint does not exist
  ├── ModelUnavailable    the weights are not on disk and cannot be downloaded
- └── DeviceUnavailable   the requested device or precision cannot be used here
+ ├── DeviceUnavailable   the requested device or precision cannot be used here
+ └── BadSpec             a device, precision or batch size that is not one clipdex knows
 """
 
 from __future__ import annotations
@@ -23,3 +24,7 @@ class ModelUnavailable(ModelError):
 
 class DeviceUnavailable(ModelError):
     """The requested device or precision cannot be used on this machine."""
+
+
+class BadSpec(ModelError):
+    """An EncoderSpec field with a value outside its choices."""

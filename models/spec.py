@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from models.errors import BadSpec
+
 DEFAULT_MODEL = "ViT-B-32"
 DEFAULT_PRETRAINED = "laion2b_s34b_b79k"
 SCHEMES = ("hf-hub:", "local-dir:")
@@ -28,11 +30,11 @@ class EncoderSpec:
 
     def __post_init__(self) -> None:
         if self.device not in DEVICES and not self.device.startswith("cuda:"):
-            raise ValueError(f"device must be one of {', '.join(DEVICES)}, not {self.device!r}")
+            raise BadSpec(f"device must be one of {', '.join(DEVICES)}, not {self.device!r}")
         if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}")
+            raise BadSpec(f"precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}")
         if self.batch_size is not None and self.batch_size < 1:
-            raise ValueError(f"batch size must be at least 1, not {self.batch_size}")
+            raise BadSpec(f"batch size must be at least 1, not {self.batch_size}")
         if self.has_scheme:
             # The folder or hub repo carries its own weights: a tag would be ignored, so drop it
             # to keep fingerprints of the same model equal.

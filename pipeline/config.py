@@ -22,6 +22,14 @@ ENV_PREFIX = "CLIPDEX_"
 USER_CONFIG = Path(platformdirs.user_config_dir("clipdex")) / "config.toml"
 
 
+def default_workers() -> int:
+    """One decode process per core this process may use."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # macOS, Windows
+        return max(1, os.cpu_count() or 1)
+
+
 def default_db() -> str:
     """Where a collection lives when --db and CLIPDEX_DB are not given."""
     return str(Path(platformdirs.user_data_dir("clipdex")) / "collection")
@@ -38,7 +46,7 @@ class Settings:
     precision: str = "auto"
     batch_size: int | None = None  # None: chosen from the device
     workers: int | None = None  # decode processes (engine ray: encoder actors); None: one per core, 0: in-process
-    engine: str = "local"  # local: this machine; ray: a Ray cluster (pipeline.distributed)
+    engine: str = "local"  # local: this machine; ray: a Ray cluster (pipeline.ingest.ray)
     ray_address: str | None = None  # a running Ray cluster; None: start a local Ray
     gpus_per_worker: float = 0.0  # engine ray: GPUs per encoder actor (0: CPU actors)
     cpus_per_worker: float | None = None  # engine ray: CPUs per encoder actor; None: chosen from the cluster
@@ -51,6 +59,16 @@ class Settings:
     min_score: float | None = None
     server: str | None = None  # URL of a running `clipdex serve` for search and similar
     token: str | None = None  # the token that server requires, or that `clipdex serve` sets
+
+    @property
+    def decode_workers(self) -> int:
+        """Decode processes for this machine's work (0: decode in-process)."""
+        return default_workers() if self.workers is None else self.workers
+
+    @property
+    def encoder_actors(self) -> int:
+        """Encoder actors of the Ray engine."""
+        return self.workers or 1
 
     @property
     def db_uri(self) -> str:

@@ -13,16 +13,18 @@ import numpy as np
 
 import models
 from models import DEFAULT_MODEL, DEFAULT_PRETRAINED, Encoder, EncoderSpec, Fingerprint
-from pipeline.captions import read_manifest
 from pipeline.config import TARGETS, Settings, load_settings
-from pipeline.decode import DecodeFailed, decode_file
-from pipeline.errors import BadQueryImage, ClipdexError, InputNotFound, ModelMismatch
-from pipeline.ingest import Ingester, IngestOptions, IngestReport, ProgressFn
+from pipeline.errors import BadQuery, BadQueryImage, EngineError, InputNotFound, ModelMismatch
+from pipeline.ingest.captions import read_manifest
+from pipeline.ingest.decode import DecodeFailed, decode_file
+from pipeline.ingest.local import LocalEngine
+from pipeline.ingest.plan import IngestOptions
+from pipeline.ingest.progress import ProgressFn
+from pipeline.ingest.sources import is_uri
+from pipeline.ingest.sync import Engine, Ingester, IngestReport
+from pipeline.maintain.verify import VerifyReport, verify
+from pipeline.maintain.verify import repair as run_repair
 from pipeline.query import Term
-from pipeline.sources import is_uri
-from pipeline.verify import VerifyReport, verify
-from pipeline.verify import repair as run_repair
-from pipeline.workers import default_workers
 from storage import Collection, CollectionNotFound, Hit, Stats
 
 TEXT_CACHE_SIZE = 1024
@@ -127,44 +129,43 @@ class Clipdex:
             include=s.include,
             exclude=s.exclude,
             max_pixels=s.max_pixels,
-            workers=default_workers() if s.workers is None else s.workers,
+            workers=s.decode_workers,
             captions=manifest,
             retry_failed=retry_failed,
             prune_empty=prune_empty,
             commit_rows=s.commit_rows,
         )
-        ingester = Ingester(self.collection, self.encoder, options, stop)
-        ray_workers = 0
+        engine: Engine = LocalEngine()
         if s.engine == "ray":
-            from pipeline.distributed import RayIngester, RayOptions, start_ray  # noqa: PLC0415 - imports Ray
-
-            if s.ray_address and not is_uri(self.collection.uri):
-                # lance-ray writes data files on whichever node holds the rows: a folder on this
-                # machine would end up with files on other machines' disks.
-                raise ClipdexError(
-                    f"--db {self.collection.uri}: on a Ray cluster the collection must be on object storage "
-                    "(--db s3://bucket/prefix); leave out --ray-address to use a local Ray with a local folder"
-                )
-            ray_workers = s.workers or 1
-            ray_options = RayOptions(s.ray_address, ray_workers, s.gpus_per_worker, s.cpus_per_worker)
-            start_ray(ray_options)  # before any lance-ray call, which would start a Ray of its own
-            spec = encoder_spec(s, self.encoder.fingerprint)
+            engine = self._ray_engine()
             # Hashing files to find moves stays here, in this machine's decode processes.
-            options = dataclasses.replace(options, workers=default_workers())
-            ingester = RayIngester(self.collection, self.encoder, options, spec, ray_options, stop)
+            options = dataclasses.replace(options, workers=Settings().decode_workers)
+        ingester = Ingester(self.collection, self.encoder, options, engine, stop)
         with self.collection.writer("ingest"):
             report = ingester.run(roots, progress)
-            if report.interrupted:
-                return report
-            report.index = self.collection.ensure_index(s.index_threshold, workers=ray_workers)
-            if report.index in ("none", "current") and report.changed:
-                self.collection.optimize(workers=ray_workers)
+            if not report.interrupted:
+                ingester.finish(s.index_threshold, report)
         return report
 
+    def _ray_engine(self) -> Engine:
+        from pipeline.ingest.ray import RayEngine, RayOptions, start_ray  # noqa: PLC0415 - Ray is optional
+
+        s = self.settings
+        if s.ray_address and not is_uri(self.collection.uri):
+            # lance-ray writes data files on whichever node holds the rows: a folder on this
+            # machine would end up with files on other machines' disks.
+            raise EngineError(
+                f"--db {self.collection.uri}: on a Ray cluster the collection must be on object storage "
+                "(--db s3://bucket/prefix); leave out --ray-address to use a local Ray with a local folder"
+            )
+        ray_options = RayOptions(s.ray_address, s.encoder_actors, s.gpus_per_worker, s.cpus_per_worker)
+        start_ray(ray_options)  # before any lance-ray call, which would start a Ray of its own
+        return RayEngine(encoder_spec(s, self.encoder.fingerprint), ray_options)
+
     def verify(self, *, repair: bool = False, progress: ProgressFn | None = None) -> VerifyReport:
-        """Check every row against its file and every vector (pipeline.verify); with repair, fix
+        """Check every row against its file and every vector (pipeline.maintain.verify); with repair, fix
         what is off: rows of deleted files go, files whose rows are off are ingested again."""
-        workers = default_workers() if self.settings.workers is None else self.settings.workers
+        workers = self.settings.decode_workers
         if not repair:
             return verify(self.collection, workers=workers, progress=progress)
 
@@ -174,7 +175,7 @@ class Clipdex:
             options = IngestOptions(
                 workers=workers, max_pixels=self.settings.max_pixels, prune=False, force=frozenset(paths)
             )
-            report = Ingester(self.collection, self.encoder, options).run(paths, progress)
+            report = Ingester(self.collection, self.encoder, options, LocalEngine()).run(paths, progress)
             return report.added + report.updated
 
         with self.collection.writer("verify --repair"):  # before reading: the report must stay true
@@ -192,7 +193,7 @@ class Clipdex:
     ) -> list[Hit]:
         """Images that match a text, best first; target 'image', 'caption' or 'both' vectors."""
         if not text.strip():
-            raise ClipdexError("the search text is empty; give some words, e.g. clipdex search 'a dog'")
+            raise BadQuery("the search text is empty; give some words, e.g. clipdex search 'a dog'")
         return self.search_vector(self.embed_text(text), k=k, where=where, min_score=min_score, target=target)
 
     def query(
@@ -224,22 +225,32 @@ class Clipdex:
         return hits
 
     def _beat_the_baseline(self, hits: list[Hit], vector: np.ndarray) -> list[Hit]:
-        """Hits closer to the query than to any generic caption: the query says something about them."""
+        """Hits closer to the query than to any generic caption: the query says something about them.
+
+        Each hit is judged by the vectors that scored it (its image's, or its caption's).
+        """
         generic = np.stack([self.embed_text(text) for text in GENERIC_CAPTIONS])
-        ids, vectors = self.collection.vectors([h.id for h in hits])
-        baseline = dict(zip(ids, (vectors @ generic.T).max(axis=1), strict=True))
-        return [h for h in hits if float(vectors[ids.index(h.id)] @ vector) > baseline[h.id]]
+        column = {"image": "vector", "caption": "caption_vector"}
+        keep = set()
+        for matched, name in column.items():
+            wanted = [h.id for h in hits if h.matched == matched]
+            if not wanted:
+                continue
+            ids, vectors = self.collection.vectors(wanted, column=name)
+            beats = vectors @ vector > (vectors @ generic.T).max(axis=1)
+            keep |= {(i, matched) for i, ok in zip(ids, beats, strict=True) if ok}
+        return [h for h in hits if (h.id, h.matched) in keep]
 
     def query_vector(self, terms: Sequence[Term]) -> np.ndarray:
         """The unit vector of a weighted sum of the terms' vectors."""
         if not terms:
-            raise ClipdexError("the query has no terms; give some words or an image")
+            raise BadQuery("the query has no terms; give some words or an image")
         total = np.zeros(self.encoder.dimension, np.float32)
         for term in terms:
             total += term.weight * self._term_vector(term)
         norm = float(np.linalg.norm(total))
         if norm < 1e-6:
-            raise ClipdexError("the query's terms cancel each other out; change a weight or drop a term")
+            raise BadQuery("the query's terms cancel each other out; change a weight or drop a term")
         result: np.ndarray = total / norm
         return result
 
@@ -285,7 +296,7 @@ class Clipdex:
     ) -> list[Hit]:
         """The nearest images to a query vector, best first."""
         if target not in TARGETS:
-            raise ClipdexError(f"--target {target}: choose one of {', '.join(TARGETS)}")
+            raise BadQuery(f"--target {target}: choose one of {', '.join(TARGETS)}")
         k = k or self.settings.k
         min_score = self.settings.min_score if min_score is None else min_score
         best: dict[str, Hit] = {}

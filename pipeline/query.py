@@ -13,8 +13,8 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from pipeline.errors import ClipdexError
-from pipeline.scan import IMAGE_EXTENSIONS
+from pipeline.errors import BadQuery
+from pipeline.ingest.scan import IMAGE_EXTENSIONS
 
 KINDS = ("text", "image", "id")
 MAX_WEIGHT = 1000.0
@@ -56,25 +56,25 @@ def parse_terms(tokens: Sequence[str]) -> list[Term]:
     for token in tokens:
         if token in ("+", "-"):
             if expect_term and (terms or sign < 0):
-                raise ClipdexError(f"query: two operators in a row before {token!r}; write TERM + TERM - TERM")
+                raise BadQuery(f"query: two operators in a row before {token!r}; write TERM + TERM - TERM")
             sign = -1.0 if token == "-" else 1.0
             expect_term = True
             continue
         if not expect_term:
-            raise ClipdexError(f"query: {token!r} follows a term without + or -; quote multi-word texts")
+            raise BadQuery(f"query: {token!r} follows a term without + or -; quote multi-word texts")
         weight, value = 1.0, token
         match = _WEIGHT.match(token)
         if match and not os.path.exists(token):
             weight, value = float(match.group(1)), match.group(2)
         if not value.strip():
-            raise ClipdexError(EMPTY)
+            raise BadQuery(EMPTY)
         if not math.isfinite(weight) or weight == 0 or abs(weight) > MAX_WEIGHT:
-            raise ClipdexError(f"query: weight {weight:g} in {token!r}; use a number between 0 and {MAX_WEIGHT:g}")
+            raise BadQuery(f"query: weight {weight:g} in {token!r}; use a number between 0 and {MAX_WEIGHT:g}")
         kind = "image" if looks_like_image(value) else "text"
         terms.append(Term(value, sign * weight, kind))
         sign, expect_term = 1.0, False
     if expect_term and terms:
-        raise ClipdexError("query: it ends with an operator; add a term after the last + or -")
+        raise BadQuery("query: it ends with an operator; add a term after the last + or -")
     if not terms:
-        raise ClipdexError(EMPTY)
+        raise BadQuery(EMPTY)
     return terms

@@ -4,7 +4,8 @@ StorageError
  ├── CollectionNotFound      nothing at the given path or URI yet
  ├── CollectionUnreadable    something is there, but it is not a clipdex collection we can read
  ├── CollectionBusy          another process is writing to the collection
- └── BadFilter               a --where expression LanceDB cannot run
+ ├── BadFilter               a --where expression LanceDB cannot run
+ └── BadColumn               an extra column (tags, clusters) with a name or type that cannot be used
 """
 
 from __future__ import annotations
@@ -28,3 +29,13 @@ class CollectionBusy(StorageError):
 
 class BadFilter(StorageError):
     """A metadata filter that LanceDB cannot parse or run."""
+
+
+class BadColumn(StorageError):
+    """An extra column name that is not allowed, or one that already holds another type."""
+
+
+def first_line(exc: BaseException) -> str:
+    """An exception's message cut to its first line (the class name when it has none)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -77,6 +77,7 @@ class Hit:
     height: int
     format: str
     taken_at: datetime | None
+    matched: str = "image"  # the vectors that gave the score: "image" or "caption"
 
 
 @dataclass(frozen=True)

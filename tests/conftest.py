@@ -21,7 +21,7 @@ from click.testing import CliRunner, Result
 from pipeline import Clipdex
 from pipeline.cli import cli
 from pipeline.config import Settings
-from pipeline.server import create_app
+from pipeline.server.app import create_app
 from tests import corpus
 from tests.tiny_model import tiny_model_dir
 
@@ -48,6 +48,12 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg-data"))
     monkeypatch.setenv("CLIPDEX_WORKERS", "0")
     monkeypatch.setattr("pipeline.config.USER_CONFIG", tmp_path / "xdg-config" / "clipdex" / "config.toml")
+
+
+@pytest.fixture(scope="session")
+def nan_model(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A tiny model whose image tower gives NaN vectors: the embed step must fail those images."""
+    return "local-dir:" + str(tiny_model_dir(tmp_path_factory.mktemp("nan-model"), seed=2, nan_images=True))
 
 
 @pytest.fixture

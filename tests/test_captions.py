@@ -13,8 +13,8 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from pipeline.captions import MAX_CAPTION_CHARS, clean_caption, read_manifest, read_sidecar, xmp_description
 from pipeline.errors import InputNotFound, ManifestError
+from pipeline.ingest.captions import MAX_CAPTION_CHARS, clean_caption, read_manifest, read_sidecar, xmp_description
 from tests import corpus
 
 PROPERTY = settings(
@@ -166,7 +166,7 @@ def test_xmp_description_never_raises(packet: bytes | str) -> None:
 def test_xmp_description_is_fast_on_hostile_packet() -> None:
     # Run apart so that a regression (a backtracking regex took ~20 s on 19 KB) cannot hang the suite.
     code = (
-        "from pipeline.captions import xmp_description\n"
+        "from pipeline.ingest.captions import xmp_description\n"
         "assert xmp_description(b'<dc:description><rdf:li>' * 2700) is None\n"
     )
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, timeout=2, check=False)

@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from pipeline.cli import cli
-from pipeline.render import hits_table
+from pipeline.cli.render import hits_table
 from storage import Hit
 from tests import corpus
 from tests.conftest import run, without_timing

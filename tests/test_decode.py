@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from models.transform import ImageTransform
-from pipeline.decode import Decoded, DecodeFailed, Hashed, decode_file, hash_file, to_rgb
+from pipeline.ingest.decode import Decoded, DecodeFailed, Hashed, decode_file, hash_file, to_rgb
 from tests import corpus
 
 SMALL = ImageTransform(size=(32, 32))

@@ -13,7 +13,7 @@ from PIL import Image
 
 import models
 from models import DeviceUnavailable, EncoderSpec, ImageTransform, ModelNotFound, ModelUnavailable
-from pipeline.decode import decode_file, to_rgb
+from pipeline.ingest.decode import decode_file, to_rgb
 from tests import corpus
 
 

@@ -12,10 +12,10 @@ import pytest
 from PIL import Image
 
 from pipeline import Clipdex, ClipdexError
-from pipeline.classify import classify
+from pipeline.analyse.classify import classify
+from pipeline.analyse.duplicates import find_duplicates
+from pipeline.analyse.evaluate import evaluate
 from pipeline.config import Settings
-from pipeline.duplicates import find_duplicates
-from pipeline.evaluate import evaluate
 from pipeline.query import Term
 from tests import corpus
 from tests.conftest import open_library, run
@@ -126,7 +126,7 @@ def test_eval_reports_recall_both_ways(tmp_path: Path, tiny_model: str) -> None:
 
 
 def test_cluster_names_and_stores_groups(lib: Clipdex, db: str) -> None:
-    from pipeline.clusters import cluster, kmeans, silhouette  # noqa: PLC0415
+    from pipeline.analyse.clusters import cluster, kmeans, silhouette  # noqa: PLC0415
 
     found = cluster(lib.collection, lib.encoder, 3)
     assert sum(c.size for c in found) == 17
@@ -160,7 +160,7 @@ def test_reembed_switches_models_without_mixing_and_resumes(
     photos: Path, db: str, tiny_model: str, other_model: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import models  # noqa: PLC0415
-    from pipeline.reembed import reembed  # noqa: PLC0415
+    from pipeline.maintain.reembed import reembed  # noqa: PLC0415
     from storage import Collection, Staging  # noqa: PLC0415
 
     (photos / "good" / "photo.txt").write_text("a dog on the beach")
@@ -182,7 +182,7 @@ def test_reembed_switches_models_without_mixing_and_resumes(
     monkeypatch.setattr(Staging, "add", crash_after_first)
     monkeypatch.setattr(new_encoder, "_batch_size", 5)
     with pytest.raises(KeyboardInterrupt):
-        reembed(Collection.open(db), new_encoder)
+        reembed(Collection.open(db), new_encoder, commit_rows=5)  # a commit after each batch
     assert Clipdex.open(db, settings=Settings(workers=0)).encoder.fingerprint == old.encoder.fingerprint
     monkeypatch.setattr(Staging, "add", real_add)
 
@@ -205,7 +205,7 @@ def test_reembed_switches_models_without_mixing_and_resumes(
 def test_extra_columns_never_break_lookups_and_builtins_are_refused(lib: Clipdex, db: str, tmp_path: Path) -> None:
     from fastapi.testclient import TestClient  # noqa: PLC0415
 
-    from pipeline.server import create_app  # noqa: PLC0415
+    from pipeline.server.app import create_app  # noqa: PLC0415
 
     classify(lib.collection, lib.encoder, ["cat", "dog"], store="tag")
     first = lib.search("x", k=1)[0]
@@ -259,8 +259,8 @@ def test_reembed_waits_for_unreadable_files_and_server_says_restart(
     from fastapi.testclient import TestClient  # noqa: PLC0415
 
     import models  # noqa: PLC0415
-    from pipeline.reembed import reembed  # noqa: PLC0415
-    from pipeline.server import create_app  # noqa: PLC0415
+    from pipeline.maintain.reembed import reembed  # noqa: PLC0415
+    from pipeline.server.app import create_app  # noqa: PLC0415
     from storage import Collection  # noqa: PLC0415
 
     lib = open_library(db, tiny_model)
@@ -281,7 +281,7 @@ def test_reembed_waits_for_unreadable_files_and_server_says_restart(
 
 
 def test_map_escapes_paths_and_raw_thumbnails_work(tmp_path: Path, db: str, tiny_model: str) -> None:
-    from pipeline.clusters import map_html  # noqa: PLC0415
+    from pipeline.analyse.clusters import map_html  # noqa: PLC0415
     from tests.test_decode import _fake_raw  # noqa: PLC0415
 
     folder = tmp_path / "x<img src=y onerror=alert(1)>"

@@ -36,9 +36,9 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from models import ImageTransform
-from pipeline.captions import MAX_CAPTION_CHARS, clean_caption, read_manifest, read_sidecar, xmp_description
-from pipeline.decode import FORMATS, Decoded, DecodeFailed, content_hash, decode_bytes, decode_file
 from pipeline.errors import InputNotFound, ManifestError
+from pipeline.ingest.captions import MAX_CAPTION_CHARS, clean_caption, read_manifest, read_sidecar, xmp_description
+from pipeline.ingest.decode import FORMATS, Decoded, DecodeFailed, content_hash, decode_bytes, decode_file
 from storage import BadFilter, Hit, Stats
 from tests import corpus
 

@@ -71,8 +71,8 @@ def test_rerun_changes_nothing_and_decodes_nothing(
     def no_decoding(*args: object) -> None:
         raise AssertionError("an unchanged file was decoded")
 
-    monkeypatch.setattr("pipeline.ingest.decode_file", no_decoding)
-    monkeypatch.setattr("pipeline.ingest.hash_file", no_decoding)
+    monkeypatch.setattr("pipeline.ingest.local.decode_file", no_decoding)
+    monkeypatch.setattr("pipeline.ingest.plan.hash_file", no_decoding)
     report = lib.ingest([photos])
     assert (report.added, report.updated, report.moved, report.removed) == (0, 0, 0, 0)
     assert (report.unchanged, report.failed) == (N_GOOD, N_BAD)
@@ -123,7 +123,7 @@ def test_moved_and_renamed_files_keep_id_and_vector_without_decoding(
     def no_decoding(*args: object) -> None:
         raise AssertionError("a moved file was decoded")
 
-    monkeypatch.setattr("pipeline.ingest.decode_file", no_decoding)
+    monkeypatch.setattr("pipeline.ingest.local.decode_file", no_decoding)
     report = lib.ingest([photos])
     assert (report.moved, report.added, report.removed, report.unchanged) == (2, 0, 0, N_GOOD - 2)
     after = vectors(lib)

@@ -41,7 +41,7 @@ def test_images_on_s3_with_the_local_engine(s3: str, tmp_path: Path, tiny_model:
     kept, deletions noticed, thumbnails and originals served from the bucket."""
     from fastapi.testclient import TestClient  # noqa: PLC0415
 
-    from pipeline.server import create_app  # noqa: PLC0415
+    from pipeline.server.app import create_app  # noqa: PLC0415
     from tests import corpus  # noqa: PLC0415
     from tests.conftest import open_library  # noqa: PLC0415
     from tests.test_ray import upload  # noqa: PLC0415
@@ -70,7 +70,7 @@ def test_images_on_s3_with_the_local_engine(s3: str, tmp_path: Path, tiny_model:
     original = client.get(f"/api/images/{image_id}")
     assert original.content == (local / "Photo #3.jpg").read_bytes()
 
-    from pipeline.sources import _resolve  # noqa: PLC0415
+    from pipeline.ingest.sources import _resolve  # noqa: PLC0415
 
     fs, key = _resolve(f"{source}/Photo #3.jpg")
     fs.delete_file(key)

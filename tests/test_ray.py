@@ -14,7 +14,7 @@ import pytest
 from pipeline import Clipdex
 from pipeline.config import Settings
 from pipeline.errors import ClipdexError
-from pipeline.sources import _resolve
+from pipeline.ingest.sources import _resolve
 from storage import FileState
 from tests import corpus
 from tests.conftest import run
@@ -110,6 +110,18 @@ def test_ray_ingest_equals_local_ingest_and_syncs(
     third = ray.ingest([library])
     assert counts(third) == {**counts(second), "added": 0, "updated": 0, "moved": 0, "removed": 0, "captions": 0,
                              "unchanged": 17 + MANY - 1}  # fmt: skip
+
+
+def test_ray_actors_record_nan_vectors_as_failures(
+    local_ray: None, photos: Path, tmp_path: Path, nan_model: str
+) -> None:
+    from pipeline.ingest.embed import NON_FINITE  # noqa: PLC0415
+
+    lib = open_ray(str(tmp_path / "db"), nan_model)
+    report = lib.ingest([photos / "good"])
+    assert (report.added, lib.collection.count()) == (0, 0)
+    good = {str(p) for p in (photos / "good").rglob("*") if p.is_file() and p.suffix != ".txt"}
+    assert {f.path: f.reason for f in lib.collection.failures()} == dict.fromkeys(good, NON_FINITE)
 
 
 def test_ray_builds_the_index_in_ray_tasks(local_ray: None, library: Path, tmp_path: Path, tiny_model: str) -> None:

@@ -22,8 +22,8 @@ import pytest
 from PIL import Image
 
 from pipeline import Clipdex
-from pipeline.decode import content_hash
-from pipeline.scan import Scanner
+from pipeline.ingest.decode import content_hash
+from pipeline.ingest.scan import Scanner
 from storage import Collection
 from tests import corpus
 from tests.conftest import open_library, run, serving

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.errors import InputNotFound
-from pipeline.scan import SKIPPED_FOLDERS, Scanner, ScanResult, sniff_image
+from pipeline.ingest.scan import SKIPPED_FOLDERS, Scanner, ScanResult, sniff_image
 from tests import corpus
 
 

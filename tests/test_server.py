@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from pipeline import Clipdex
-from pipeline.server import create_app
+from pipeline.server.app import create_app
 from tests import corpus
 from tests.conftest import free_port, run
 

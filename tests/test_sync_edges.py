@@ -54,7 +54,7 @@ def test_rows_under_a_folder_that_cannot_be_listed_are_kept(
             raise PermissionError(13, "Permission denied")
         return real_scandir(path)
 
-    monkeypatch.setattr("pipeline.scan.os.scandir", denied)
+    monkeypatch.setattr("pipeline.ingest.scan.os.scandir", denied)
     report = lib.ingest([pics])
     assert (report.removed, report.failed) == (0, 1)
     assert paths_and_ids(lib) == before

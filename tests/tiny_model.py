@@ -24,21 +24,28 @@ TINY_PREPROCESS: dict[str, Any] = {
 }
 
 
-def save_model_dir(folder: Path, model_cfg: dict[str, Any], preprocess_cfg: dict[str, Any], seed: int = 0) -> Path:
-    """Write open_clip_config.json and random weights (seeded) to folder; return folder."""
+def save_model_dir(
+    folder: Path, model_cfg: dict[str, Any], preprocess_cfg: dict[str, Any], seed: int = 0, nan_images: bool = False
+) -> Path:
+    """Write open_clip_config.json and random weights (seeded) to folder; return folder.
+
+    nan_images: the image tower's projection is NaN, so every image vector is (a model gone bad).
+    """
     folder.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
     model = open_clip.model.CLIP(**model_cfg)
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    if nan_images:
+        state["visual.proj"] = torch.full_like(state["visual.proj"], float("nan"))
     save_file(state, str(folder / "open_clip_model.safetensors"))
     config = {"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg}
     (folder / "open_clip_config.json").write_text(json.dumps(config, indent=2))
     return folder
 
 
-def tiny_model_dir(folder: Path, seed: int = 0) -> Path:
+def tiny_model_dir(folder: Path, seed: int = 0, nan_images: bool = False) -> Path:
     """A 32-d CLIP with a 32-pixel input: loads in a fraction of a second."""
-    return save_model_dir(folder, TINY_CONFIG, TINY_PREPROCESS, seed)
+    return save_model_dir(folder, TINY_CONFIG, TINY_PREPROCESS, seed, nan_images)
 
 
 def vit_b_32_dir(folder: Path, seed: int = 0) -> Path:

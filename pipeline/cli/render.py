@@ -6,27 +6,14 @@ import json
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from pipeline.shapes import hit_dict
 from storage.records import Failure, Hit, Stats
 
 if TYPE_CHECKING:
-    from pipeline.ingest import IngestReport
+    from pipeline.ingest.sync import IngestReport
 
 CAPTION_WIDTH = 50
 MAX_FAILURES_SHOWN = 20
-
-
-def hit_dict(hit: Hit) -> dict[str, Any]:
-    """The JSON form of a hit: stable id, absolute path, cosine score, caption and size."""
-    return {
-        "id": hit.id,
-        "path": hit.path,
-        "score": round(hit.score, 4),
-        "caption": hit.caption,
-        "width": hit.width,
-        "height": hit.height,
-        "format": hit.format,
-        "taken_at": hit.taken_at.isoformat() if hit.taken_at else None,
-    }
 
 
 def hits_jsonl(hits: Sequence[Hit]) -> str:
@@ -88,19 +75,6 @@ def failure_lines(failures: Sequence[Failure], limit: int | None = None) -> list
     if limit is not None and len(failures) > limit:
         lines.append(f"... and {len(failures) - limit} more; list them all with `clipdex failures`")
     return lines
-
-
-def stats_dict(stats: Stats) -> dict[str, Any]:
-    """The JSON form of collection stats."""
-    return {
-        "db": stats.uri,
-        "images": stats.images,
-        "failures": stats.failures,
-        "captioned": stats.captioned,
-        "dimension": stats.dimension,
-        "model": json.loads(stats.model) if stats.model else None,
-        "schema_version": stats.schema_version,
-    }
 
 
 def stats_text(stats: Stats, model_label: str) -> str:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing
-import os
 import signal
 import sys
 import types
@@ -13,19 +12,11 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wai
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, TypeVar
 
-from pipeline.decode import DecodeFailed
-from pipeline.errors import ClipdexError
+from pipeline.errors import EngineError
+from pipeline.ingest.decode import DecodeFailed
 
 T = TypeVar("T")
 IN_FLIGHT_PER_WORKER = 8  # enough queued work to keep a worker busy while results are consumed
-
-
-def default_workers() -> int:
-    """One decode process per core this process may use."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # macOS, Windows
-        return max(1, os.cpu_count() or 1)
 
 
 class DecodePool:
@@ -96,7 +87,7 @@ class DecodePool:
                 except BrokenProcessPool as exc:
                     # No file is to blame: say so, rather than record every file as a failure.
                     self.close()
-                    raise ClipdexError(
+                    raise EngineError(
                         "decode worker processes cannot start here; run with --workers 0 (decode in-process)"
                     ) from exc
         return self._executor

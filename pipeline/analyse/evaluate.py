@@ -11,7 +11,7 @@ import numpy as np
 
 from models import Encoder
 from pipeline.config import Settings
-from pipeline.errors import ClipdexError
+from pipeline.errors import NothingToDo
 from pipeline.library import Clipdex
 from storage import Collection
 
@@ -43,7 +43,7 @@ def evaluate(
         Clipdex(collection, encoder, Settings(workers=workers)).ingest([folder], captions=captions)
         pairs = [(r["id"], r["caption"]) for r in collection.columns(["id", "caption"]) if r["caption"]]
         if not pairs:
-            raise ClipdexError(f"{folder}: no captioned images; add sidecar .txt files or give --captions FILE")
+            raise NothingToDo(f"{folder}: no captioned images; add sidecar .txt files or give --captions FILE")
         ids, vectors = collection.vectors([image_id for image_id, _ in pairs])
         order = {image_id: i for i, image_id in enumerate(ids)}
         images = vectors[[order[image_id] for image_id, _ in pairs]]

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.errors import InputNotFound
-from pipeline.sources import is_uri, list_objects
+from pipeline.ingest.sources import is_uri, list_objects
 
 IMAGE_EXTENSIONS = frozenset(
     [

@@ -18,9 +18,9 @@ import pillow_heif
 from PIL import Image, ImageCms, ImageFile, ImageOps, UnidentifiedImageError
 
 from models.transform import ImageTransform
-from pipeline.captions import clean_caption, xmp_description
 from pipeline.errors import first_line
-from pipeline.sources import read_bytes
+from pipeline.ingest.captions import clean_caption, xmp_description
+from pipeline.ingest.sources import read_bytes
 from storage.records import ImageRecord
 
 pillow_heif.register_heif_opener()

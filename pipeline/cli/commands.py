@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import signal
 import sys
 import threading
@@ -16,18 +17,14 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from models import PRECISIONS, Fingerprint, ModelError
-from pipeline.captions import read_manifest
-from pipeline.classify import DEFAULT_PROMPT
-from pipeline.classify import classify as run_classify
-from pipeline.client import Client
-from pipeline.clusters import cluster as run_cluster
-from pipeline.clusters import map_html
-from pipeline.config import ENGINES, TARGETS, Settings, load_settings
-from pipeline.duplicates import BURST_SECONDS, NEAR, SIMILAR, find_duplicates
-from pipeline.errors import ClipdexError
-from pipeline.query import Term, parse_terms
-from pipeline.render import (
+from models import PRECISIONS, Fingerprint
+from pipeline.analyse.classify import DEFAULT_PROMPT
+from pipeline.analyse.classify import classify as run_classify
+from pipeline.analyse.clusters import cluster as run_cluster
+from pipeline.analyse.clusters import map_html
+from pipeline.analyse.duplicates import BURST_SECONDS, NEAR, SIMILAR, find_duplicates
+from pipeline.cli.client import Client
+from pipeline.cli.render import (
     align_rows,
     failure_lines,
     hits_jsonl,
@@ -35,17 +32,22 @@ from pipeline.render import (
     hits_table,
     report_json,
     report_text,
-    stats_dict,
     stats_text,
 )
-from pipeline.sources import is_uri
-from storage import CollectionNotFound, Hit, StorageError
+from pipeline.config import ENGINES, TARGETS, Settings, load_settings
+from pipeline.errors import USER_ERRORS, BadQuery, OutputError
+from pipeline.ingest.captions import read_manifest
+from pipeline.ingest.sources import is_uri
+from pipeline.query import Term, parse_terms
+from pipeline.shapes import stats_dict
+from storage import CollectionNotFound, Hit
 
 if TYPE_CHECKING:
-    from pipeline.ingest import Progress
+    from pipeline.ingest.progress import Progress
     from pipeline.library import Clipdex
 
 MAX_PROBLEMS_SHOWN = 20  # verify lists this many problems; --json lists all
+DEBUG_ENV = "CLIPDEX_DEBUG"  # set to 1: user errors keep their traceback too
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
@@ -53,12 +55,16 @@ F = Callable[..., Any]
 
 
 class _Group(click.Group):
-    """Turns library errors into one-line messages and exit code 1, in one place."""
+    """Turns user errors (pipeline.errors.USER_ERRORS) into one-line messages and exit code 1, in
+    one place; anything else is a bug and keeps its traceback. CLIPDEX_DEBUG=1 re-raises user
+    errors too, traceback and all."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except (ClipdexError, ModelError, StorageError, ValueError) as exc:
+        except USER_ERRORS as exc:
+            if os.environ.get(DEBUG_ENV, "") not in ("", "0"):
+                raise
             raise click.ClickException(str(exc)) from exc
 
 
@@ -244,7 +250,7 @@ def search(
     client = _client(settings)
     if client is not None:
         if not plain_text or within is not None or honest:
-            raise ClipdexError(
+            raise BadQuery(
                 "--server takes plain text searches so far; drop --server to mix images, + and -, --within, --honest"
             )
         params = {"k": k or settings.k, "where": where, "min_score": _floor(min_score, settings), "target": target}
@@ -430,7 +436,7 @@ def map_command(out: str, max_points: int, db: str | None, config_file: str | No
         with open(out, "w", encoding="utf-8") as f:
             f.write(page)
     except OSError as exc:
-        raise ClipdexError(f"--out {out}: cannot write ({exc.strerror}); choose another path") from exc
+        raise OutputError(f"--out {out}: cannot write ({exc.strerror}); choose another path") from exc
     click.echo(f"wrote {out}", err=True)
 
 
@@ -441,7 +447,7 @@ def reembed(as_json: bool, **flags: Any) -> None:
     """Re-embed every stored image with another --model, then switch the collection to it."""
     import models  # noqa: PLC0415 - see the module docstring
     from pipeline.library import encoder_spec  # noqa: PLC0415
-    from pipeline.reembed import reembed as run_reembed  # noqa: PLC0415
+    from pipeline.maintain.reembed import reembed as run_reembed  # noqa: PLC0415
     from storage import Collection  # noqa: PLC0415
 
     settings = _settings(flags.pop("config_file"), **flags)
@@ -451,7 +457,13 @@ def reembed(as_json: bool, **flags: Any) -> None:
     encoder = models.load_encoder(encoder_spec(settings))
     with _progress_bar() as progress:
         report = run_reembed(
-            collection, encoder, workers=_workers(settings), max_pixels=settings.max_pixels, progress=progress
+            collection,
+            encoder,
+            workers=settings.decode_workers,
+            max_pixels=settings.max_pixels,
+            commit_rows=settings.commit_rows,
+            index_threshold=settings.index_threshold,
+            progress=progress,
         )
     line = (
         f"{report.reembedded} re-embedded, {report.resumed} done before, {report.failed} failed "
@@ -470,13 +482,13 @@ def reembed(as_json: bool, **flags: Any) -> None:
 def evaluate_command(folder: str, captions: str | None, as_json: bool, **flags: Any) -> None:
     """Recall@1/5/10 text-to-image and image-to-text on a captioned FOLDER, to compare models."""
     import models  # noqa: PLC0415 - see the module docstring
-    from pipeline.evaluate import evaluate  # noqa: PLC0415
+    from pipeline.analyse.evaluate import evaluate  # noqa: PLC0415
     from pipeline.library import encoder_spec  # noqa: PLC0415
 
     settings = _settings(flags.pop("config_file"), **flags)
     encoder = models.load_encoder(encoder_spec(settings))
     report = evaluate(
-        encoder, folder, captions=read_manifest(captions) if captions else None, workers=settings.workers or 0
+        encoder, folder, captions=read_manifest(captions) if captions else None, workers=settings.decode_workers
     )
     if as_json:
         data = {"model": report.model, "images": report.images}
@@ -497,7 +509,7 @@ def evaluate_command(folder: str, captions: str | None, as_json: bool, **flags: 
 @model_options
 def serve(host: str, port: int, token: str | None, **flags: Any) -> None:
     """Serve the HTTP API and the web page, with the model loaded once."""
-    from pipeline.server import serve as run_server  # noqa: PLC0415 - see the module docstring
+    from pipeline.server.app import serve as run_server  # noqa: PLC0415 - see the module docstring
 
     settings = _settings(flags.pop("config_file"), token=token, **flags)
     if host not in LOOPBACK and not settings.token:
@@ -514,12 +526,6 @@ def _stored_fingerprint(settings: Settings) -> Fingerprint | None:
         return Fingerprint.from_json(Collection.open(settings.db_uri).model)
     except CollectionNotFound:
         return None
-
-
-def _workers(settings: Settings) -> int:
-    from pipeline.workers import default_workers  # noqa: PLC0415 - see the module docstring
-
-    return default_workers() if settings.workers is None else settings.workers
 
 
 def _floor(min_score: float | None, settings: Settings) -> float | None:
@@ -549,7 +555,7 @@ def _print_hits(hits: list[Hit], as_json: bool, as_paths: bool, min_score: float
 @model_options
 def verify_command(repair: bool, as_json: bool, **flags: Any) -> None:
     """Check that every stored file is unchanged and every vector sound; exit 1 if anything is off."""
-    from pipeline.verify import verify  # noqa: PLC0415 - see the module docstring
+    from pipeline.maintain.verify import verify  # noqa: PLC0415 - see the module docstring
     from storage import Collection  # noqa: PLC0415
 
     settings = _settings(flags.pop("config_file"), **flags)
@@ -557,7 +563,7 @@ def verify_command(repair: bool, as_json: bool, **flags: Any) -> None:
         if repair:
             report = _open(settings=settings).verify(repair=True, progress=progress)
         else:
-            report = verify(Collection.open(settings.db_uri), workers=_workers(settings), progress=progress)
+            report = verify(Collection.open(settings.db_uri), workers=settings.decode_workers, progress=progress)
     fixed = {"missing", "size", "content", "vector", "duplicate", "stale-failure"} if repair else set()
     left = [p for p in report.problems if p.kind not in fixed]
     if as_json:

@@ -7,12 +7,40 @@ import html
 import io
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 from pipeline.errors import InputNotFound, ManifestError
-from pipeline.sources import is_uri, read_bytes
+from pipeline.ingest.sources import is_uri, read_bytes
+from storage import FileState
 
 MAX_CAPTION_CHARS = 1000
+
+# (caption, source): source is manifest, sidecar or embedded; (None, None) when there is none.
+Caption = tuple[str | None, str | None]
+
+
+def planned_caption(
+    manifest: Mapping[str, str] | None, path: str, sidecar: str | None, stored: FileState | None
+) -> Caption | None:
+    """The caption known before the image is decoded: a manifest beats a sidecar file, and a manifest
+    caption stays until a run that is given a manifest drops it. None: use the image's own
+    description (choose_caption), which only decoding reveals."""
+    if manifest is not None and path in manifest:
+        return manifest[path], "manifest"
+    text = read_sidecar(sidecar) if sidecar else None
+    if text:
+        return text, "sidecar"
+    if manifest is None and stored is not None and stored.caption_source == "manifest":
+        return stored.caption, "manifest"
+    return None
+
+
+def choose_caption(planned: Caption | None, description: str | None) -> Caption:
+    """The planned caption, else the image's own EXIF/XMP description, else none."""
+    if planned is not None:
+        return planned
+    return (description, "embedded") if description else (None, None)
 
 
 def clean_caption(text: str | None) -> str | None:

@@ -27,11 +27,11 @@ from pydantic import BaseModel
 
 from models import ModelError
 from pipeline.config import TARGETS
-from pipeline.decode import DecodeFailed, decode_bytes, thumbnail_image
 from pipeline.errors import ClipdexError
+from pipeline.ingest.decode import DecodeFailed, decode_bytes, thumbnail_image
+from pipeline.ingest.sources import is_uri, read_bytes
 from pipeline.library import Clipdex
-from pipeline.render import hit_dict, stats_dict
-from pipeline.sources import is_uri, read_bytes
+from pipeline.shapes import hit_dict, stats_dict
 from storage import BadFilter, StorageError
 
 DEFAULT_MAX_UPLOAD = 32 * 1024 * 1024
@@ -85,7 +85,7 @@ def create_app(
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def page() -> str:
-        return resources.files("pipeline").joinpath("web", "index.html").read_text(encoding="utf-8")
+        return resources.files("pipeline.server").joinpath("web", "index.html").read_text(encoding="utf-8")
 
     @app.get("/api/info", summary="Counts, model and location of the collection")
     def info() -> dict[str, Any]:

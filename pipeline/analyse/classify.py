@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from models import Encoder
-from pipeline.errors import ClipdexError
+from pipeline.errors import BadOption
 
 if TYPE_CHECKING:
     from storage import Collection
@@ -49,9 +49,9 @@ def _check_column(collection: Collection, name: str) -> None:
     """A tag column: a new or earlier tag column, never a built-in one; checked before anything is written."""
     builtin = set(collection.column_names()) - collection.extra_columns()
     if not re.fullmatch(r"[a-z][a-z0-9_]{0,40}", name) or name in RESERVED or name.endswith("_score"):
-        raise ClipdexError(f"--store {name!r}: use lowercase letters, digits and _ (not a SQL word), e.g. --store tag")
+        raise BadOption(f"--store {name!r}: use lowercase letters, digits and _ (not a SQL word), e.g. --store tag")
     if name in builtin or f"{name}_score" in builtin:
-        raise ClipdexError(f"--store {name!r} is a built-in column; choose another name, e.g. --store tag")
+        raise BadOption(f"--store {name!r} is a built-in column; choose another name, e.g. --store tag")
 
 
 def classify(
@@ -66,11 +66,11 @@ def classify(
     (COLUMN and COLUMN_score, usable in --where)."""
     labels = [label.strip() for label in labels if label.strip()]
     if len(labels) < 2:
-        raise ClipdexError("--labels needs at least two labels, e.g. --labels 'cat,dog,car'")
+        raise BadOption("--labels needs at least two labels, e.g. --labels 'cat,dog,car'")
     if prompt.count("{}") != 1:
-        raise ClipdexError(f"--prompt {prompt!r} needs exactly one {{}} for the label, e.g. 'a photo of a {{}}'")
+        raise BadOption(f"--prompt {prompt!r} needs exactly one {{}} for the label, e.g. 'a photo of a {{}}'")
     if len(set(labels)) != len(labels):
-        raise ClipdexError("--labels has a label twice; give each once")
+        raise BadOption("--labels has a label twice; give each once")
     if store is not None:
         _check_column(collection, store)
     texts = encoder.embed_texts([prompt.replace("{}", label) for label in labels])

@@ -16,7 +16,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from pipeline.errors import ClipdexError, InputNotFound
+from pipeline.errors import InputNotFound, ServerError
 from storage.records import Hit
 
 TIMEOUT_S = 60.0
@@ -63,10 +63,10 @@ class Client:
                 return data
         except urllib.error.HTTPError as exc:
             detail = _detail(exc)
-            raise ClipdexError(f"--server {self.url}: {detail}") from exc
+            raise ServerError(f"--server {self.url}: {detail}") from exc
         except (urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
-            raise ClipdexError(
+            raise ServerError(
                 f"--server {self.url}: cannot connect ({reason}); start it with `clipdex serve`, or drop --server"
             ) from exc
 

@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from models import Encoder
-from pipeline.decode import thumbnail_image
-from pipeline.errors import ClipdexError
+from pipeline.errors import BadOption, NothingToDo
+from pipeline.ingest.decode import thumbnail_image
 
 if TYPE_CHECKING:
     from storage import Collection
@@ -50,12 +50,12 @@ def cluster(
     """k-means on the image vectors (k=None: chosen by silhouette); stores `cluster` and `cluster_name`."""
     ids, vectors = collection.vectors()
     if len(ids) < 2:
-        raise ClipdexError("clustering needs at least two images; ingest some first")
+        raise NothingToDo("clustering needs at least two images; ingest some first")
     rng = np.random.default_rng(seed)
     if k is None:
         k = choose_k(vectors, rng)
     if not 2 <= k <= len(ids):
-        raise ClipdexError(f"-k {k}: choose between 2 and the number of images ({len(ids)}), or --auto")
+        raise BadOption(f"-k {k}: choose between 2 and the number of images ({len(ids)}), or --auto")
     centres, labels = kmeans(vectors, k, rng)
     words = encoder.embed_texts([f"a photo of {w}" for w in VOCABULARY])
     names = [", ".join(VOCABULARY[j] for j in np.argsort(-(words @ c))[:3]) for c in centres]
@@ -137,7 +137,7 @@ def map_html(collection: Collection, *, max_points: int = 2000, thumb: int = 64,
     """A self-contained page placing (up to max_points) thumbnails on the 2-D map of the collection."""
     ids, vectors = collection.vectors()
     if not ids:
-        raise ClipdexError("the collection is empty; ingest some images first")
+        raise NothingToDo("the collection is empty; ingest some images first")
     if len(ids) > max_points:
         keep = np.sort(np.random.default_rng(seed).choice(len(ids), max_points, replace=False))
         ids, vectors = [ids[i] for i in keep], vectors[keep]

@@ -19,10 +19,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pyarrow as pa
 
-from pipeline.decode import DecodeFailed, content_hash
-from pipeline.ingest import Progress, ProgressFn
-from pipeline.sources import is_uri, read_bytes
-from pipeline.workers import DecodePool
+from pipeline.ingest.decode import DecodeFailed, content_hash
+from pipeline.ingest.pool import DecodePool
+from pipeline.ingest.progress import Progress, ProgressFn
+from pipeline.ingest.sources import is_uri, read_bytes
 
 if TYPE_CHECKING:
     from storage import Collection

@@ -1,7 +1,7 @@
 """Ingest on a Ray cluster (``--engine ray``): local ingest's plan, with the heavy work in Ray Data jobs.
 
 The driver scans, compares with the collection and finds moved files exactly as local ingest
-does (pipeline.ingest). Then each chunk of files to embed is one Ray Data job: decode tasks
+does (pipeline.ingest.plan, .sync). Then each chunk of files to embed is one Ray Data job: decode tasks
 (Pillow and numpy, no torch) feed a fixed pool of encoder actors (one per GPU, or a share of the
 CPUs each), and lance-ray writes the rows from the workers and commits them once per chunk, so an
 interrupted run keeps every finished chunk. Failures come back to the driver (a path and a reason
@@ -16,11 +16,9 @@ from __future__ import annotations
 import logging
 import math
 import os
-import secrets
-import threading
 import warnings
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -29,16 +27,16 @@ import pyarrow.compute as pc
 
 import models
 from models import EncoderSpec, ImageTransform
-from pipeline.decode import Decoded, DecodeFailed, decode_file
-from pipeline.errors import ClipdexError, first_line
-from pipeline.ingest import Ingester, IngestOptions, IngestReport, Progress, _Plan
-from pipeline.scan import ScannedFile
-from pipeline.sources import is_uri
-from pipeline.workers import DecodePool, default_workers
-from storage import Failure, FileState, Moved, records_table
+from pipeline.config import default_workers
+from pipeline.errors import ClipdexError, EngineError, first_line
+from pipeline.ingest.decode import Decoded, DecodeFailed, decode_file
+from pipeline.ingest.embed import Target, embed_decoded
+from pipeline.ingest.progress import Progress
+from pipeline.ingest.scan import ScannedFile
+from pipeline.ingest.sync import Sync, finish_writes
+from storage import IndexSpec, conform, records_table
 
 if TYPE_CHECKING:
-    from models import Encoder
     from storage import Collection
 
 CHUNK_FILES = 20_000  # files per Ray job, and so per commit: what an interrupted run can lose
@@ -64,7 +62,7 @@ def start_ray(options: RayOptions) -> None:
     try:
         import ray  # noqa: PLC0415 - an optional dependency, loaded for --engine ray only
     except ImportError as exc:
-        raise ClipdexError("--engine ray needs Ray and lance-ray: pip install 'clipdex[ray]'") from exc
+        raise EngineError("--engine ray needs Ray and lance-ray: pip install 'clipdex[ray]'") from exc
     if ray.is_initialized():
         return
     env = {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV)}
@@ -82,102 +80,86 @@ def start_ray(options: RayOptions) -> None:
                 num_cpus=default_workers(), include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING
             )
     except (ConnectionError, RuntimeError, ValueError) as exc:
-        raise ClipdexError(
-            f"--ray-address {options.address}: cannot connect ({str(exc).splitlines()[0]}); "
+        raise EngineError(
+            f"--ray-address {options.address}: cannot connect ({first_line(exc)}); "
             "check that the cluster is up (ray status) and the address"
         ) from exc
     logging.getLogger("ray").setLevel(logging.WARNING)  # configured by ray.init: quiet it after
     logging.getLogger("ray.data").setLevel(logging.ERROR)
 
 
-class RayIngester(Ingester):
-    """An Ingester whose decoding, embedding and writing run on Ray."""
+class RayEngine:
+    """Embeds a plan's files in Ray Data jobs, one commit per chunk of CHUNK_FILES."""
 
-    def __init__(
-        self,
-        collection: Collection,
-        encoder: Encoder,
-        options: IngestOptions,
-        spec: EncoderSpec,
-        ray_options: RayOptions,
-        stop: threading.Event | None = None,
-    ) -> None:
-        super().__init__(collection, encoder, options, stop)
+    def __init__(self, spec: EncoderSpec, options: RayOptions) -> None:
         self.spec = spec
-        self.ray_options = ray_options
+        self.options = options
 
-    def _embed_all(
-        self,
-        pool: DecodePool,
-        files: list[ScannedFile],
-        states: dict[str, FileState],
-        plan: _Plan,
-        report: IngestReport,
-    ) -> None:
+    def embed(self, files: list[ScannedFile], sync: Sync) -> None:
+        """Each chunk: decode in tasks, embed in actors, write from the workers, settle on the driver."""
         if not files:
             return
-        start_ray(self.ray_options)
+        start_ray(self.options)
         for start in range(0, len(files), CHUNK_FILES):
             chunk = files[start : start + CHUNK_FILES]
-            self._run_chunk(chunk, states, report)
-            self._progress(Progress("embed", start + len(chunk), len(files)))
-            if self.stop.is_set():
+            self._run_chunk(chunk, sync)
+            sync.progress(Progress("embed", start + len(chunk), len(files)))
+            if sync.stop.is_set():
                 break
 
-    def _run_chunk(self, files: list[ScannedFile], states: dict[str, FileState], report: IngestReport) -> None:
-        """Embed a chunk on Ray, then write it: its rows in one append, moves, deletions, failures."""
+    def finish(self, collection: Collection, index_threshold: int, changed: bool) -> str:
+        """The index built and the fragments compacted by Ray tasks."""
+        workers = self.options.workers
+        return finish_writes(
+            collection,
+            index_threshold,
+            changed,
+            build=lambda uri, spec: build_index(uri, spec, workers),
+            compact=lambda uri: lance_ray().compact_files(uri, num_workers=workers),
+        )
+
+    def _run_chunk(self, files: list[ScannedFile], sync: Sync) -> None:
+        """Embed a chunk on Ray, then write it: its rows in one append, then touched rows and failures."""
         items = []
         for f in files:
-            stored = states.get(f.path)
-            caption, source = self._caption(f, None, stored)  # the image's own description comes later
-            image_id = stored.id if stored else secrets.token_hex(8)  # a changed file keeps its id
-            items.append({"path": f.path, "size": f.size, "mtime_ns": f.mtime_ns, "id": image_id,
-                          "caption": caption or "", "caption_source": source or ""})  # fmt: skip
+            target = sync.target(f)
+            caption, source = target.caption if target.caption is not None else ("", "")
+            items.append({"path": f.path, "size": f.size, "mtime_ns": f.mtime_ns, "id": target.id,
+                          "caption": caption or "", "caption_source": source or "",
+                          "planned": target.caption is not None})  # fmt: skip
         try:
-            done = self._embedded(items)
+            done = self._embedded(sync, items)
             outcome = done.select_columns(["path", "hash", "failure"]).take_all()
         except ClipdexError:
             raise
         except Exception as exc:  # Ray's, Ray Data's or a worker's: one line, not a traceback
-            raise ClipdexError(
+            raise EngineError(
                 f"the Ray job failed ({first_line(exc)}); nothing of this chunk was written; run again, "
                 "or --engine local, which records a file that crashes its decoder as a failure"
             ) from exc
         by_path = {f.path: f for f in files}
-        failures, embedded, touched, stale = [], [], [], []
+        embedded, skip = [], set()
         for row in outcome:
-            f, stored = by_path[row["path"]], states.get(row["path"])
-            if row["failure"] and not is_uri(f.path) and not os.path.lexists(f.path):
-                report.vanished += 1  # deleted since the scan
-            elif row["failure"]:
-                failures.append(Failure(f.path, row["failure"], f.size, f.mtime_ns, datetime.now(UTC)))
-            elif stored is not None and stored.hash == row["hash"]:
-                touched.append(Moved(stored.id, f.path, f.size, f.mtime_ns))  # mtime changed only: keep the row
-                continue
-            else:
+            f = by_path[row["path"]]
+            if sync.settle(f, row["failure"] or None, row["hash"]):
                 embedded.append(f.path)
-                report.added += stored is None
-                report.updated += stored is not None
-            if stored is not None:
-                stale.append(stored.id)  # its row shows content that is gone, or is replaced below
-                report.removed += bool(row["failure"])
+            elif not row["failure"]:
+                skip.add(f.path)  # touched (mtime only): the stored row stays
         # Old rows go right before their replacements: a kill between the two commits loses no
         # file (the next run embeds it again, as new) and never leaves two rows for a path.
-        self.collection.delete(stale)
-        skip = {t.path for t in touched}
-        self.collection.append_dataset(done.map_batches(_stored_rows, fn_kwargs={"skip": skip}, batch_format="pyarrow"))
-        self.collection.move(touched)
-        report.unchanged += len(touched)
-        self.collection.clear_failures(embedded + [t.path for t in touched])
-        self._fail(report, failures)
+        sync.collection.delete(sync.states[p].id for p in embedded if p in sync.states)
+        append(sync.collection, done.map_batches(_stored_rows, fn_kwargs={"skip": skip}, batch_format="pyarrow"))
+        sync.stored_elsewhere(embedded)
+        sync.commit()  # touched rows and failures
 
-    def _embedded(self, items: list[dict[str, Any]]) -> Any:
+    def _embedded(self, sync: Sync, items: list[dict[str, Any]]) -> Any:
         """Decode in tasks, embed in actors: the materialized rows (and failures) of these files."""
         import ray  # noqa: PLC0415 - optional dependency
 
-        opts = self.ray_options
+        opts = self.options
         cluster_cpus = ray.cluster_resources().get("CPU", 1.0)  # type: ignore[no-untyped-call]
         blocks = max(1, math.ceil(len(items) / DECODE_BATCH))  # one decode task per block
+        encoder = sync.encoder
         with warnings.catch_warnings():
             # A small change (fewer files than actors) leaves actors idle; Ray warns about that.
             warnings.filterwarnings("ignore", message="The minimum number of concurrent actors")
@@ -186,7 +168,7 @@ class RayIngester(Ingester):
                 .map_batches(
                     _decode_batch,  # type: ignore[arg-type]
                     batch_size=DECODE_BATCH,
-                    fn_kwargs={"transform": self.encoder.transform, "max_pixels": self.options.max_pixels},
+                    fn_kwargs={"transform": encoder.transform, "max_pixels": sync.options.max_pixels},
                     num_cpus=DECODE_CPUS,
                     # A decoded 12 MP photo takes ~36 MB. Resources unlike the actors' also keep Ray
                     # Data from fusing decoding into the encoder actors (which would decode serially).
@@ -194,8 +176,8 @@ class RayIngester(Ingester):
                 )
                 .map_batches(
                     _Embedder,
-                    batch_size=self.encoder.batch_size,
-                    fn_constructor_kwargs={"spec": self.spec, "fingerprint": self.encoder.fingerprint.to_json()},
+                    batch_size=encoder.batch_size,
+                    fn_constructor_kwargs={"spec": self.spec, "fingerprint": encoder.fingerprint.to_json()},
                     compute=ray.data.ActorPoolStrategy(size=opts.workers),
                     num_cpus=opts.cpus_per_worker or _default_actor_cpus(opts, cluster_cpus),
                     num_gpus=opts.gpus_per_worker or None,
@@ -203,6 +185,39 @@ class RayIngester(Ingester):
                 )
                 .materialize()  # vectors only (a few KB per image): the pixels were streamed
             )
+
+
+def lance_ray() -> Any:
+    """The lance_ray module (an optional dependency, loaded for --engine ray only)."""
+    import lance_ray as module  # noqa: PLC0415
+
+    return module
+
+
+def build_index(uri: str, spec: IndexSpec, workers: int) -> None:
+    """Build the collection's vector index (storage's IndexSpec) in Ray tasks."""
+    lance_ray().create_index(
+        uri,
+        spec.column,
+        spec.kind,
+        name=spec.name,
+        metric=spec.metric,
+        num_partitions=spec.num_partitions,
+        num_workers=workers,
+        sample_rate=spec.sample_rate,
+    )
+
+
+def append(collection: Collection, rows: Any, *, workers: int | None = None) -> None:
+    """Append a Ray dataset of image rows (records_table's columns) to the images table, one commit.
+
+    lance-ray writes the fragments in Ray tasks where the rows are, and the driver commits them:
+    the rows never pass through this process. Columns added later (classify --store) are null.
+    """
+    schema = collection.table_schema()
+    rows = rows.map_batches(conform, fn_kwargs={"schema": schema}, batch_format="pyarrow")
+    with collection.writing():
+        lance_ray().write_lance(rows, collection.dataset_uri(), mode="append", schema=schema, concurrency=workers)
 
 
 def _default_actor_cpus(opts: RayOptions, cluster_cpus: float) -> float:
@@ -242,56 +257,52 @@ class _Embedder:
         self.encoder = models.load_encoder(spec)
         if self.encoder.fingerprint.to_json() != fingerprint:
             # Every actor must embed with the collection's model: never mix vectors.
-            raise ClipdexError(f"a worker loaded {self.encoder.fingerprint.label}, not the collection's model")
+            raise EngineError(f"a worker loaded {self.encoder.fingerprint.label}, not the collection's model")
         self.dimension = self.encoder.dimension
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
         ok = [i for i, failure in enumerate(batch["failure"]) if not failure]
-        vectors = self.encoder.embed_pixels(batch["pixels"][ok]) if ok else np.zeros((0, self.dimension))
-        captions = [_caption(batch, i) for i in ok]
-        texts = [c for c, _ in captions if c]
-        text_vectors = iter(self.encoder.embed_texts(texts)) if texts else iter(())
-        records = []
-        for i, vector, (caption, source) in zip(ok, vectors, captions, strict=True):
-            taken_at = batch["taken_at"][i]
-            decoded = Decoded(
-                path=str(batch["path"][i]),
-                hash=str(batch["hash"][i]),
-                size=int(batch["size"][i]),
-                width=int(batch["width"][i]),
-                height=int(batch["height"][i]),
-                format=str(batch["format"][i]),
-                taken_at=datetime.fromisoformat(taken_at) if taken_at else None,
-                description=str(batch["description"][i]) or None,
-                pixels=None,
-            )
-            caption_vector = next(text_vectors) if caption else None
-            records.append(
-                decoded.record(
-                    str(batch["id"][i]),
-                    size=int(batch["size"][i]),
-                    mtime_ns=int(batch["mtime_ns"][i]),
-                    vector=vector,
-                    caption=(caption, source, caption_vector),
-                )
-            )
-        table = _loose(records_table(records, self.dimension))
-        failed = [i for i in range(len(batch["path"])) if batch["failure"][i]]
+        images = [(_decoded(batch, i), _target(batch, i)) for i in ok]
+        embedded = embed_decoded(self.encoder, images)
+        table = _loose(records_table(embedded.records, self.dimension))
+        failed = [
+            (str(batch["path"][i]), str(batch["failure"][i])) for i in range(len(batch["path"])) if batch["failure"][i]
+        ]
+        failed += [(f.path, f.reason) for f in embedded.failures]
         failures = pa.Table.from_pylist(
-            [{"path": str(batch["path"][i]), "failure": str(batch["failure"][i])} for i in failed],
-            schema=pa.schema([pa.field("path", pa.string()), pa.field("failure", pa.string())]),
-        )
+            [{"path": path, "hash": "", "failure": reason} for path, reason in failed],
+            schema=pa.schema([pa.field("path", pa.string()), pa.field("hash", pa.string()),
+                              pa.field("failure", pa.string())]),
+        )  # fmt: skip
         return pa.concat_tables([table.append_column("failure", pa.nulls(len(table), pa.string())), failures],
                                 promote_options="default")  # fmt: skip
 
 
-def _caption(batch: dict[str, np.ndarray], i: int) -> tuple[str | None, str | None]:
-    """The planned caption (manifest, sidecar), else the image's own description."""
-    if batch["caption"][i]:
-        return str(batch["caption"][i]), str(batch["caption_source"][i])
-    if batch["description"][i]:
-        return str(batch["description"][i]), "embedded"
-    return None, None
+def _decoded(batch: dict[str, np.ndarray], i: int) -> Decoded:
+    """Row i of a decoded batch as the Decoded that decode_file made in the task."""
+    taken_at = batch["taken_at"][i]
+    return Decoded(
+        path=str(batch["path"][i]),
+        hash=str(batch["hash"][i]),
+        size=int(batch["size"][i]),
+        width=int(batch["width"][i]),
+        height=int(batch["height"][i]),
+        format=str(batch["format"][i]),
+        taken_at=datetime.fromisoformat(taken_at) if taken_at else None,
+        description=str(batch["description"][i]) or None,
+        pixels=batch["pixels"][i],
+    )
+
+
+def _target(batch: dict[str, np.ndarray], i: int) -> Target:
+    """Row i's planned Target (the driver's sync.target), carried through the job as columns."""
+    caption = (str(batch["caption"][i]) or None, str(batch["caption_source"][i]) or None)
+    return Target(
+        id=str(batch["id"][i]),
+        size=int(batch["size"][i]),
+        mtime_ns=int(batch["mtime_ns"][i]),
+        caption=caption if batch["planned"][i] else None,
+    )
 
 
 def _loose(table: pa.Table) -> pa.Table:

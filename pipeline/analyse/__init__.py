@@ -1,0 +1,1 @@
+"""Looking at a collection as a whole: duplicates, zero-shot tags, clusters and their map, evaluation."""

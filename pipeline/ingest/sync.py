@@ -1,0 +1,264 @@
+"""Incremental ingest: scan, plan, hand the files to decode to an engine, then captions and deletions.
+
+The orchestration is the same for every engine; an engine (pipeline.ingest.local on this
+machine, pipeline.ingest.ray on a cluster) only decodes, embeds and writes the files the plan
+gives it, settling each decoded file through the run's Sync, so both engines count, keep ids and
+record failures the same way.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Protocol
+
+from models import Encoder
+from pipeline.ingest.captions import choose_caption, planned_caption
+from pipeline.ingest.embed import CommitClock, Embedded, Target, embed_captions
+from pipeline.ingest.plan import IngestOptions, Plan, find_moves, in_scope, make_plan
+from pipeline.ingest.pool import DecodePool
+from pipeline.ingest.progress import Progress, ProgressFn, no_progress
+from pipeline.ingest.scan import ScannedFile, Scanner
+from pipeline.ingest.sources import is_uri
+from storage import CaptionUpdate, Compactor, Failure, FileState, IndexBuilder, Moved
+
+if TYPE_CHECKING:
+    from storage import Collection
+
+
+@dataclass
+class IngestReport:
+    """What one ingest run did."""
+
+    added: int = 0
+    updated: int = 0  # changed content, re-embedded
+    moved: int = 0  # same content at a new path: vector kept
+    removed: int = 0
+    unchanged: int = 0
+    failed: int = 0  # files in scope that cannot be ingested (new failures and known ones)
+    captions: int = 0  # captions added, changed or removed without re-embedding the image
+    videos_skipped: int = 0
+    new_failures: list[Failure] = field(default_factory=list)
+    vanished: int = 0  # files that disappeared between the scan and their decoding
+    interrupted: bool = False  # stopped on request (Ctrl-C) after a committed batch
+    index: str = "none"  # the ANN index after the run: none, built, refreshed or current
+    notes: list[str] = field(default_factory=list)  # things the user should know, one line each
+    seconds: float = 0.0
+
+    @property
+    def changed(self) -> bool:
+        """True when the run wrote anything."""
+        return bool(self.added or self.updated or self.moved or self.removed or self.captions or self.new_failures)
+
+    def counts(self) -> dict[str, int]:
+        """The integer counters, as the CLI's --json prints them."""
+        return {k: v for k, v in asdict(self).items() if isinstance(v, int) and not isinstance(v, bool)}
+
+
+class Engine(Protocol):
+    """Decodes, embeds and writes the files a plan gives it (pipeline.ingest.local, .ray)."""
+
+    def embed(self, files: list[ScannedFile], sync: Sync) -> None:
+        """Bring these files into the collection, settling each through sync."""
+        ...
+
+    def finish(self, collection: Collection, index_threshold: int, changed: bool) -> str:
+        """The index and compaction after a run (finish_writes); returns the index's state."""
+        ...
+
+
+class Sync:
+    """One run's shared state: what is stored, what waits for a commit, and the report.
+
+    Engines ask it for each file's Target, settle each decoded file through it (vanished, broken,
+    touched, or to embed), and commit through it.
+    """
+
+    def __init__(
+        self,
+        collection: Collection,
+        encoder: Encoder,
+        options: IngestOptions,
+        states: dict[str, FileState],
+        plan: Plan,
+        report: IngestReport,
+        pool: DecodePool,
+        stop: threading.Event,
+        progress: ProgressFn,
+    ) -> None:
+        self.collection = collection
+        self.encoder = encoder
+        self.options = options
+        self.states = states
+        self.plan = plan
+        self.report = report
+        self.pool = pool
+        self.stop = stop
+        self.progress = progress
+        self.waiting = Embedded()  # embedded rows and failures for the next commit
+        self.touched: list[Moved] = []  # mtime changed, content did not: the row stays
+        self.clock = CommitClock(options.commit_rows)
+
+    def target(self, f: ScannedFile) -> Target:
+        """The row this file becomes: a stored file keeps its id; size and mtime as scanned (if the
+        file changed since, the next run sees a difference and checks it again)."""
+        stored = self.states.get(f.path)
+        caption = planned_caption(self.options.captions, f.path, f.sidecar, stored)
+        return Target(stored.id if stored else secrets.token_hex(8), f.size, f.mtime_ns, caption)
+
+    def settle(self, f: ScannedFile, failure: str | None, digest: str) -> bool:
+        """Account for a decoded file (failure: why it could not be decoded; digest: its content
+        hash); True when it must be embedded."""
+        stored = self.states.get(f.path)
+        if failure is not None:
+            if not is_uri(f.path) and not os.path.lexists(f.path):
+                self.report.vanished += 1  # deleted or moved away since the scan: gone, not broken
+            else:
+                self.waiting.failures.append(Failure(f.path, failure, f.size, f.mtime_ns, datetime.now(UTC)))
+            if stored is not None:
+                self.plan.missing.append(stored)  # its stored vector shows content that is gone
+            return False
+        if stored is not None and stored.hash == digest:
+            self.touched.append(Moved(stored.id, f.path, f.size, f.mtime_ns))  # mtime changed only
+            self.plan.recaption.append((f, stored))
+            return False
+        return True
+
+    def waiting_rows(self) -> int:
+        """Rows and failures waiting for the next commit."""
+        return len(self.waiting) + len(self.touched)
+
+    def due(self) -> bool:
+        """True when what waits should be committed now (commit_rows of it, or COMMIT_SECONDS)."""
+        return self.clock.due(self.waiting_rows())
+
+    def commit(self) -> None:
+        """Write what waits: new rows appended, changed ones replaced, touched rows, failures."""
+        records = self.waiting.records
+        new = [r for r in records if r.path not in self.states]  # else it keeps the stored id
+        self.collection.upsert(new, new=True)
+        self.collection.upsert([r for r in records if r.path in self.states])
+        self.stored_elsewhere([r.path for r in records])
+        if self.touched:
+            self.collection.move(self.touched)
+            self.collection.clear_failures(t.path for t in self.touched)
+            self.report.unchanged += len(self.touched)
+        self.fail(self.waiting.failures)
+        self.waiting, self.touched = Embedded(), []
+        self.clock.committed()
+
+    def stored_elsewhere(self, paths: Sequence[str]) -> None:
+        """Count rows that were written (here, or by Ray workers) and clear their old failures."""
+        new = sum(p not in self.states for p in paths)
+        self.report.added += new
+        self.report.updated += len(paths) - new
+        self.collection.clear_failures(paths)
+
+    def fail(self, failures: Sequence[Failure]) -> None:
+        """Record failures now."""
+        if failures:
+            self.collection.record_failures(failures)
+            self.report.failed += len(failures)
+            self.report.new_failures.extend(failures)
+
+
+class Ingester:
+    """Brings a collection in line with folders on disk."""
+
+    def __init__(
+        self,
+        collection: Collection,
+        encoder: Encoder,
+        options: IngestOptions,
+        engine: Engine,
+        stop: threading.Event | None = None,
+    ) -> None:
+        self.collection = collection
+        self.encoder = encoder
+        self.options = options
+        self.stop = stop or threading.Event()  # set it (on Ctrl-C) to stop after the batch being written
+        self.engine = engine
+
+    def run(self, roots: Sequence[str], progress: ProgressFn | None = None) -> IngestReport:
+        """Scan the roots and sync the collection with them."""
+        started = time.monotonic()
+        progress = progress or no_progress
+        report = IngestReport()
+        opts = self.options
+        scan = Scanner(opts.include, opts.exclude, skip=[self.collection.uri]).scan(roots)
+        report.videos_skipped = scan.videos
+        progress(Progress("scan", len(scan.files), len(scan.files)))
+        states = self.collection.file_states()
+        failed_before = self.collection.failure_states()
+        # A run killed between writing a batch and clearing its failures leaves both: the row wins.
+        self.collection.clear_failures(p for p in failed_before if p in states)
+        failed_before = {p: f for p, f in failed_before.items() if p not in states}
+        scopes = [r if is_uri(r) else os.path.abspath(os.path.expanduser(r)) for r in roots]
+        plan = make_plan(scan, states, failed_before, scopes, opts)
+        report.notes += plan.notes
+        report.unchanged = len(plan.unchanged)
+        report.failed = plan.known_failed
+        with DecodePool(opts.workers) as pool:
+            sync = Sync(self.collection, self.encoder, opts, states, plan, report, pool, self.stop, progress)
+            now = datetime.now(UTC)
+            sync.fail([Failure(p, reason, 0, 0, now) for p, reason in scan.errors])
+            if plan.decode and not self.stop.is_set():
+                moves = find_moves(pool, plan, states, progress)
+                self.collection.move(moves)
+                report.moved = len(moves)
+                self.engine.embed(plan.decode, sync)
+        if self.stop.is_set():
+            # What is written is complete and consistent; deletions and caption edits wait for the
+            # next run, which also picks up the files not reached.
+            report.interrupted = True
+            report.seconds = time.monotonic() - started
+            return report
+        self._sync_captions(plan.recaption, report)
+        if opts.prune:
+            report.removed += self.collection.delete(s.id for s in plan.missing)
+        present = {f.path for f in scan.files} | {p for p, _ in scan.errors}
+        stale = [p for p in failed_before if in_scope(p, scopes) and p not in present and not scan.exists(p)]
+        self.collection.clear_failures(stale)
+        report.seconds = time.monotonic() - started
+        progress(Progress("done", 1, 1))
+        return report
+
+    def finish(self, index_threshold: int, report: IngestReport) -> None:
+        """After a complete run: the index above index_threshold, compaction when anything changed."""
+        report.index = self.engine.finish(self.collection, index_threshold, report.changed)
+
+    def _sync_captions(self, files: Iterable[tuple[ScannedFile, FileState]], report: IngestReport) -> None:
+        """Pick up sidecar and manifest edits for images whose own bytes did not change."""
+        changes: list[tuple[str, str | None, str | None]] = []
+        for f, stored in files:
+            planned = planned_caption(self.options.captions, f.path, f.sidecar, stored)
+            caption, source = choose_caption(planned, stored.description)
+            if (caption, source) != (stored.caption, stored.caption_source):
+                changes.append((stored.id, caption, source))
+        if changes:
+            vectors = embed_captions(self.encoder, [c for _, c, _ in changes])
+            self.collection.set_captions(
+                [CaptionUpdate(i, c, s, v) for (i, c, s), v in zip(changes, vectors, strict=True)]
+            )
+            report.captions = len(changes)
+
+
+def finish_writes(
+    collection: Collection,
+    index_threshold: int,
+    changed: bool,
+    *,
+    build: IndexBuilder | None = None,
+    compact: Compactor | None = None,
+) -> str:
+    """The step every writing run ends with: the ANN index once there are index_threshold images
+    (later refreshed), else compaction of what the run appended. Returns the index's state."""
+    index = collection.ensure_index(index_threshold, build=build, compact=compact)
+    if index in ("none", "current") and changed:
+        collection.optimize(compact=compact)
+    return index

@@ -1,0 +1,1 @@
+"""Keeping a collection sound: verify (and repair) rows against files, re-embed with another model."""

@@ -16,36 +16,34 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 from common import ROOT, image_folder, table, vit_b_32
 
 from tests.tiny_model import tiny_model_dir, vit_b_32_dir
 
-
-def worker(images: str, model_a: str, model_b: str, db: str) -> None:
-    """Runs inside the tree under test (PYTHONPATH): ingest with A, time reembed with B."""
-    # Imported here, from whichever tree PYTHONPATH names.
-    import models  # noqa: PLC0415
-    from pipeline import Clipdex  # noqa: PLC0415
-    from pipeline.config import Settings  # noqa: PLC0415
-    from storage import Collection  # noqa: PLC0415
-
-    try:
-        from pipeline.maintain.reembed import reembed  # noqa: PLC0415
-    except ImportError:  # the layout before pipeline/maintain/
-        from pipeline.reembed import reembed  # type: ignore[import-not-found,no-redef]  # noqa: PLC0415
-
-    settings = Settings(workers=2)
-    Clipdex.open(db, model=model_a, create=True, settings=settings).ingest([images])
-    encoder = models.load_encoder(models.EncoderSpec(model=model_b, device="cpu"))
-    start = time.perf_counter()
-    report = reembed(Collection.open(db), encoder, workers=2)
-    seconds = time.perf_counter() - start
-    after = Collection.open(db)
-    print(json.dumps({"seconds": seconds, "rows": report.reembedded, "indexed": after.has_index(),
-                      "versions": len(after._images.list_versions())}))  # fmt: skip
+# Runs as `python -c` in the tree under test (its own folder first on sys.path, nothing of this one):
+# ingest with model A (not timed), then time reembed with model B.
+WORKER = """
+import json, sys, time
+import models
+from pipeline import Clipdex
+from pipeline.config import Settings
+from storage import Collection
+try:
+    from pipeline.maintain.reembed import reembed
+except ImportError:  # the layout before pipeline/maintain/
+    from pipeline.reembed import reembed
+images, model_a, model_b, db = sys.argv[1:5]
+Clipdex.open(db, model=model_a, create=True, settings=Settings(workers=2)).ingest([images])
+encoder = models.load_encoder(models.EncoderSpec(model=model_b, device="cpu"))
+start = time.perf_counter()
+report = reembed(Collection.open(db), encoder, workers=2)
+seconds = time.perf_counter() - start
+after = Collection.open(db)
+print(json.dumps({"seconds": seconds, "rows": report.reembedded, "indexed": after.has_index(),
+                  "versions": len(after._images.list_versions()), "code": models.__file__}))
+"""
 
 
 def main() -> None:
@@ -54,11 +52,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--before", help="another checkout of clipdex to compare with")
     parser.add_argument("--vit", action="store_true", help="ViT-B-32 architecture instead of the tiny models")
-    parser.add_argument("--worker", nargs=4, metavar=("IMAGES", "MODEL_A", "MODEL_B", "DB"), help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.worker:
-        worker(*args.worker)
-        return
     work = Path(tempfile.gettempdir()) / "clipdex-bench"
     images = work / "reembed-images"
     image_folder(images, args.images, 0.05)
@@ -78,7 +72,7 @@ def main() -> None:
             with tempfile.TemporaryDirectory(dir=work) as tmp:
                 env = os.environ | {"PYTHONPATH": str(tree), "CLIPDEX_WORKERS": "2"}
                 out = subprocess.run(
-                    [sys.executable, __file__, "--worker", str(images), model_a, model_b, f"{tmp}/db"],
+                    [sys.executable, "-c", WORKER, str(images), model_a, model_b, f"{tmp}/db"],
                     env=env, cwd=tree, capture_output=True, text=True, check=True,
                 )  # fmt: skip
                 result = json.loads(out.stdout.strip().splitlines()[-1])

@@ -170,6 +170,12 @@ class Collection:
         table = query.to_arrow()
         return table.column("id").to_pylist(), vectors_array(table.column(column), self.dimension)
 
+    def versions(self) -> dict[str, int]:
+        """Each table's current version: every commit makes a new one (a run that changed nothing
+        leaves them as they were)."""
+        tables = {"images": self._images, "failures": self._failures, "meta": self._db.open_table(META)}
+        return {name: int(table.version) for name, table in tables.items()}
+
     def is_current(self) -> bool:
         """False once another process switched the collection to another model (reembed)."""
         try:

@@ -7,6 +7,18 @@ import re
 
 from storage.errors import BadFilter, first_line
 
+MAX_WHERE_CHARS = 4000  # a filter longer than this is refused
+MAX_LITERAL_CHARS = 1000  # a quoted string longer than this is refused
+# Functions a filter may call: none of them can make a value much larger than its arguments (repeat,
+# lpad, rpad and friends allocate what they are told to, and a filter could then take the process's
+# memory). SQL words that take parentheses are allowed too.
+ALLOWED_FUNCTIONS = frozenset(
+    {"lower", "upper", "length", "char_length", "character_length", "octet_length", "abs", "round", "floor",
+     "ceil", "sqrt", "coalesce", "nullif", "cast", "try_cast", "date_trunc", "date_part", "extract", "strpos",
+     "starts_with", "ends_with", "substr", "substring", "trim", "btrim", "ltrim", "rtrim", "regexp_like",
+     "regexp_match", "to_timestamp", "now", "greatest", "least", "timestamp", "date"}
+)  # fmt: skip
+SQL_WORDS = frozenset({"and", "or", "not", "in", "is", "like", "ilike", "between", "as", "then", "else", "when"})
 BUILT_IN_COLUMNS = (
     "id, path, size, mtime_ns, width, height, format, taken_at, description, caption, caption_source, ingested_at"
 )
@@ -26,6 +38,14 @@ def check_where(where: str) -> None:
             quote = char if char in "'\"" else ""
             bare.append(char)
     text = "".join(bare)
+    if len(where) > MAX_WHERE_CHARS:
+        raise BadFilter(f"--where is {len(where)} characters long; keep it under {MAX_WHERE_CHARS}")
+    if any(
+        len(literal) > MAX_LITERAL_CHARS
+        for literal in re.findall(r"'([^']*)'|\"([^\"]*)\"", where)
+        for literal in literal
+    ):
+        raise BadFilter(f"--where {where[:80]!r}...: a quoted value is over {MAX_LITERAL_CHARS} characters; shorten it")
     if quote or text.count("(") != text.count(")") or _closes_early(text):
         what = "an unclosed quote" if quote else "unbalanced parentheses"
         raise BadFilter(f"--where {where!r}: {what}; close each one you open")
@@ -33,6 +53,12 @@ def check_where(where: str) -> None:
         raise BadFilter(f"--where {where!r}: comments and ';' are not allowed outside quoted strings")
     if re.search(r"[?$]|(?<!:):(?!:)|:::", text):  # '::' is a cast (width::bigint); ':x', '?', '$1' placeholders
         raise BadFilter(f"--where {where!r}: placeholders (?, $1, :name) are not supported; put values in quotes")
+    for name in re.findall(r"([A-Za-z_][A-Za-z0-9_]*)\s*\(", text):
+        if name.lower() not in ALLOWED_FUNCTIONS | SQL_WORDS:
+            raise BadFilter(
+                f"--where {where!r}: {name}() is not allowed in a filter; use "
+                f"{', '.join(sorted(ALLOWED_FUNCTIONS - {'timestamp', 'date'}))}"
+            )
 
 
 def bad_filter(where: str | None, exc: Exception) -> BadFilter:

@@ -15,24 +15,38 @@ from pipeline.ingest.sources import is_uri, read_bytes
 from storage import FileState
 
 MAX_CAPTION_CHARS = 1000
+SIDECAR_BYTES = 64 * 1024  # a caption is its first line: no need to read more of a sidecar
 
 # (caption, source): source is manifest, sidecar or embedded; (None, None) when there is none.
 Caption = tuple[str | None, str | None]
 
 
 def planned_caption(
-    manifest: Mapping[str, str] | None, path: str, sidecar: str | None, stored: FileState | None
+    manifest: Mapping[str, str] | None,
+    path: str,
+    sidecar: str | None,
+    stored: FileState | None,
+    unreadable: list[str] | None = None,
 ) -> Caption | None:
-    """The caption known before the image is decoded: a manifest beats a sidecar file, and a manifest
-    caption stays until a run that is given a manifest drops it. None: use the image's own
-    description (choose_caption), which only decoding reveals."""
+    """The caption known before the image is decoded, or None: use the image's own description
+    (choose_caption), which only decoding reveals.
+
+    A manifest beats a sidecar file, also across runs: a run given no manifest keeps the captions
+    an earlier manifest gave (a run given one replaces them). A sidecar that exists but cannot be
+    read keeps the stored caption; its path and the reason go to `unreadable`.
+    """
     if manifest is not None and path in manifest:
         return manifest[path], "manifest"
-    text = read_sidecar(sidecar) if sidecar else None
-    if text:
-        return text, "sidecar"
     if manifest is None and stored is not None and stored.caption_source == "manifest":
         return stored.caption, "manifest"
+    try:
+        text = sidecar_text(sidecar) if sidecar else None
+    except OSError as exc:
+        if unreadable is not None:
+            unreadable.append(f"{sidecar}: {exc.strerror or exc}")
+        return (stored.caption, stored.caption_source) if stored is not None else None
+    if text:
+        return text, "sidecar"
     return None
 
 
@@ -59,9 +73,21 @@ def clean_caption(text: str | None) -> str | None:
 def read_sidecar(path: str) -> str | None:
     """The caption in a sidecar text file; None when it is empty or unreadable."""
     try:
-        return clean_caption(read_bytes(path)[: 64 * 1024].decode("utf-8-sig", errors="replace"))
+        return sidecar_text(path)
     except OSError:
         return None
+
+
+def sidecar_text(path: str) -> str | None:
+    """The caption in a sidecar text file (None when it is empty or gone); OSError when it exists
+    but cannot be read (permissions, a FIFO or device, a broken link is gone: None)."""
+    try:
+        data = read_bytes(path, limit=SIDECAR_BYTES)
+    except FileNotFoundError:
+        return None
+    except IsADirectoryError:
+        return None
+    return clean_caption(data.decode("utf-8-sig", errors="replace"))
 
 
 def xmp_description(xmp: bytes | str | None) -> str | None:
@@ -85,6 +111,8 @@ def read_manifest(path: str | Path) -> dict[str, str]:
     Relative paths are taken relative to the manifest's folder.
     """
     path = Path(path).expanduser()
+    if path.exists() and not path.is_file() and not path.is_dir():
+        raise ManifestError(f"--captions {path}: not a regular file (a FIFO, socket or device); give a CSV file")
     if not path.is_file():
         raise InputNotFound(f"--captions {path}: no such file; give a CSV or JSON Lines file of path,caption")
     base = path.parent.absolute()

@@ -18,6 +18,7 @@ import pillow_heif
 from PIL import Image, ImageCms, ImageFile, ImageOps, UnidentifiedImageError
 
 from models.transform import ImageTransform
+from pipeline.config import DEFAULT_MAX_PIXELS
 from pipeline.errors import first_line
 from pipeline.ingest.captions import clean_caption, xmp_description
 from pipeline.ingest.sources import read_bytes
@@ -171,14 +172,21 @@ def raw_preview(data: bytes) -> bytes | None:
     return None
 
 
-def thumbnail_image(path: str, size: int) -> Image.Image:
+def thumbnail_image(path: str, size: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
     """An RGB picture of the file at most size pixels wide and high (a RAW file's preview); raises OSError."""
-    data = read_bytes(path)
-    if os.path.splitext(path)[1].lower() in RAW_EXTENSIONS:
+    return thumbnail_of(path, read_bytes(path), size, max_pixels)
+
+
+def thumbnail_of(name: str, data: bytes, size: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """thumbnail_image of bytes already read (name tells a RAW file by its extension); raises OSError,
+    also for a picture over max_pixels (checked before any pixel is decoded)."""
+    if os.path.splitext(name)[1].lower() in RAW_EXTENSIONS:
         data = raw_preview(data) or b""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         image = Image.open(io.BytesIO(data), formats=FORMATS)
+        if image.width * image.height > max_pixels:
+            raise OSError(f"{image.width}x{image.height} is over the {max_pixels:,}-pixel cap")
         image.draft("RGB", (size, size))
         small = to_rgb(ImageOps.exif_transpose(image))
     small.thumbnail((size, size))

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.errors import InputNotFound
-from pipeline.ingest.sources import is_uri, list_objects
+from pipeline.ingest.sources import is_uri, list_objects, read_bytes
 
 IMAGE_EXTENSIONS = frozenset(
     [
@@ -60,6 +60,7 @@ class ScanResult:
     files: list[ScannedFile] = field(default_factory=list)
     errors: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
     videos: int = 0
+    special: list[str] = field(default_factory=list)  # FIFOs, sockets, devices named like images: skipped
     listed: set[str] = field(default_factory=set)  # every object under URI roots, filtered or not
 
     def exists(self, path: str) -> bool:
@@ -208,6 +209,8 @@ class Scanner:
                 result.errors.append((path, f"cannot read: {exc.strerror or exc} (a broken link?)"))
             return
         if not stat.S_ISREG(info.st_mode):
+            if ext in IMAGE_EXTENSIONS and not stat.S_ISDIR(info.st_mode):
+                result.special.append(path)  # reading a FIFO or device could block or never end
             return
         if ext not in IMAGE_EXTENSIONS and not explicit and not _has_image_header(path):
             return
@@ -233,8 +236,7 @@ def _matches(patterns: Sequence[str], root: str, path: str, name: str) -> bool:
 
 def _has_image_header(path: str) -> bool:
     try:
-        with open(path, "rb") as f:
-            return sniff_image(f.read(HEADER_BYTES))
+        return sniff_image(read_bytes(path, limit=HEADER_BYTES))
     except OSError:
         return False
 

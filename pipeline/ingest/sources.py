@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import os
+import stat
 from typing import TYPE_CHECKING, Any
 
 from pipeline.errors import InputNotFound, first_line
@@ -18,6 +19,21 @@ if TYPE_CHECKING:
     from pyarrow.fs import FileSystem
 
 SCHEMES = ("s3", "gs", "gcs")
+NOT_REGULAR = "not a regular file"
+
+
+class NotRegularFile(OSError):
+    """A path that names a FIFO, socket or device: never read (it could block or never end)."""
+
+
+def _kind(mode: int) -> str:
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    return "a folder" if stat.S_ISDIR(mode) else "not a file"
 
 
 def is_uri(path: str) -> bool:
@@ -25,15 +41,20 @@ def is_uri(path: str) -> bool:
     return "://" in path
 
 
-def read_bytes(path: str) -> bytes:
-    """The whole file or object; raises OSError (FileNotFoundError when it is gone)."""
+def read_bytes(path: str, limit: int | None = None) -> bytes:
+    """The whole file or object (or its first `limit` bytes); raises OSError (FileNotFoundError
+    when it is gone, NotRegularFile for a FIFO, socket or device, which could block or never end)."""
     if not is_uri(path):
-        with open(path, "rb") as f:
-            return f.read()
+        # O_NONBLOCK: opening a FIFO must not wait for a writer; on a regular file it changes nothing.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        with os.fdopen(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise NotRegularFile(f"{NOT_REGULAR} ({_kind(os.fstat(fd).st_mode)})")
+            return f.read() if limit is None else f.read(limit)
     fs, key = _resolve(path)
     try:
         with fs.open_input_stream(key) as stream:
-            return bytes(stream.read())
+            return bytes(stream.read() if limit is None else stream.read(limit))
     except OSError:
         raise
     except Exception as exc:  # other pyarrow errors (transport, auth) as the OSError callers expect

@@ -12,7 +12,7 @@ import os
 import secrets
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Protocol
@@ -90,6 +90,7 @@ class Sync:
         pool: DecodePool,
         stop: threading.Event,
         progress: ProgressFn,
+        failed: Iterable[str] = (),
     ) -> None:
         self.collection = collection
         self.encoder = encoder
@@ -103,12 +104,16 @@ class Sync:
         self.waiting = Embedded()  # embedded rows and failures for the next commit
         self.touched: list[Moved] = []  # mtime changed, content did not: the row stays
         self.clock = CommitClock(options.commit_rows)
+        self.unreadable_sidecars: list[str] = []  # "path: reason", said once at the end
+        # Paths with a recorded failure: only those are cleared (a DELETE that matches nothing
+        # still makes a new table version, and a run that changes nothing must write nothing).
+        self.failed = set(failed)
 
     def target(self, f: ScannedFile) -> Target:
         """The row this file becomes: a stored file keeps its id; size and mtime as scanned (if the
         file changed since, the next run sees a difference and checks it again)."""
         stored = self.states.get(f.path)
-        caption = planned_caption(self.options.captions, f.path, f.sidecar, stored)
+        caption = planned_caption(self.options.captions, f.path, f.sidecar, stored, self.unreadable_sidecars)
         return Target(stored.id if stored else secrets.token_hex(8), f.size, f.mtime_ns, caption)
 
     def settle(self, f: ScannedFile, failure: str | None, digest: str) -> bool:
@@ -146,7 +151,7 @@ class Sync:
         self.stored_elsewhere([r.path for r in records])
         if self.touched:
             self.collection.move(self.touched)
-            self.collection.clear_failures(t.path for t in self.touched)
+            self.clear_failures([t.path for t in self.touched])
             self.report.unchanged += len(self.touched)
         self.fail(self.waiting.failures)
         self.waiting, self.touched = Embedded(), []
@@ -157,14 +162,24 @@ class Sync:
         new = sum(p not in self.states for p in paths)
         self.report.added += new
         self.report.updated += len(paths) - new
-        self.collection.clear_failures(paths)
+        self.clear_failures(paths)
 
-    def fail(self, failures: Sequence[Failure]) -> None:
-        """Record failures now."""
-        if failures:
-            self.collection.record_failures(failures)
-            self.report.failed += len(failures)
-            self.report.new_failures.extend(failures)
+    def clear_failures(self, paths: Iterable[str]) -> None:
+        """Forget the recorded failures of these paths (those that have one)."""
+        cleared = [p for p in paths if p in self.failed]
+        self.collection.clear_failures(cleared)
+        self.failed.difference_update(cleared)
+
+    def fail(self, failures: Sequence[Failure], known: Mapping[str, Failure] | None = None) -> None:
+        """Record failures now; those already recorded with the same reason (known) count, but are
+        neither written again nor reported as new."""
+        fresh = [f for f in failures if not (known and f.path in known and known[f.path].reason == f.reason)]
+        self.report.failed += len(failures) - len(fresh)
+        if fresh:
+            self.collection.record_failures(fresh)
+            self.failed.update(f.path for f in fresh)
+            self.report.failed += len(fresh)
+            self.report.new_failures.extend(fresh)
 
 
 class Ingester:
@@ -192,6 +207,11 @@ class Ingester:
         opts = self.options
         scan = Scanner(opts.include, opts.exclude, skip=[self.collection.uri]).scan(roots)
         report.videos_skipped = scan.videos
+        if scan.special:
+            report.notes.append(
+                f"{len(scan.special)} files named like images are FIFOs, sockets or devices, not regular files: "
+                f"skipped (first: {scan.special[0]})"
+            )
         progress(Progress("scan", len(scan.files), len(scan.files)))
         states = self.collection.file_states()
         failed_before = self.collection.failure_states()
@@ -204,9 +224,11 @@ class Ingester:
         report.unchanged = len(plan.unchanged)
         report.failed = plan.known_failed
         with DecodePool(opts.workers) as pool:
-            sync = Sync(self.collection, self.encoder, opts, states, plan, report, pool, self.stop, progress)
+            sync = Sync(
+                self.collection, self.encoder, opts, states, plan, report, pool, self.stop, progress, failed_before
+            )
             now = datetime.now(UTC)
-            sync.fail([Failure(p, reason, 0, 0, now) for p, reason in scan.errors])
+            sync.fail([Failure(p, reason, 0, 0, now) for p, reason in scan.errors], known=failed_before)
             if plan.decode and not self.stop.is_set():
                 moves = find_moves(pool, plan, states, progress)
                 self.collection.move(moves)
@@ -218,12 +240,18 @@ class Ingester:
             report.interrupted = True
             report.seconds = time.monotonic() - started
             return report
-        self._sync_captions(plan.recaption, report)
+        self._sync_captions(plan.recaption, report, sync.unreadable_sidecars)
+        if sync.unreadable_sidecars:
+            first = sync.unreadable_sidecars[0]
+            report.notes.append(
+                f"{len(sync.unreadable_sidecars)} sidecar files could not be read (first: {first}); "
+                "their images keep the captions they had"
+            )
         if opts.prune:
             report.removed += self.collection.delete(s.id for s in plan.missing)
         present = {f.path for f in scan.files} | {p for p, _ in scan.errors}
         stale = [p for p in failed_before if in_scope(p, scopes) and p not in present and not scan.exists(p)]
-        self.collection.clear_failures(stale)
+        sync.clear_failures(stale)
         report.seconds = time.monotonic() - started
         progress(Progress("done", 1, 1))
         return report
@@ -232,11 +260,13 @@ class Ingester:
         """After a complete run: the index above index_threshold, compaction when anything changed."""
         report.index = self.engine.finish(self.collection, index_threshold, report.changed)
 
-    def _sync_captions(self, files: Iterable[tuple[ScannedFile, FileState]], report: IngestReport) -> None:
+    def _sync_captions(
+        self, files: Iterable[tuple[ScannedFile, FileState]], report: IngestReport, unreadable: list[str]
+    ) -> None:
         """Pick up sidecar and manifest edits for images whose own bytes did not change."""
         changes: list[tuple[str, str | None, str | None]] = []
         for f, stored in files:
-            planned = planned_caption(self.options.captions, f.path, f.sidecar, stored)
+            planned = planned_caption(self.options.captions, f.path, f.sidecar, stored, unreadable)
             caption, source = choose_caption(planned, stored.description)
             if (caption, source) != (stored.caption, stored.caption_source):
                 changes.append((stored.id, caption, source))

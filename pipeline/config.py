@@ -19,6 +19,9 @@ TARGETS = ("image", "caption", "both")  # which vectors a text query matches
 ENGINES = ("local", "ray")
 DEFAULT_INDEX_THRESHOLD = 10_000  # LanceDB exact search costs ~3 ms per 1,000 rows here
 ENV_PREFIX = "CLIPDEX_"
+BOOLEANS = ("follow_links",)  # settings that are true or false
+TRUE_WORDS = ("true", "1", "yes")
+FALSE_WORDS = ("false", "0", "no")
 USER_CONFIG = Path(platformdirs.user_config_dir("clipdex")) / "config.toml"
 
 
@@ -53,6 +56,7 @@ class Settings:
     max_pixels: int = DEFAULT_MAX_PIXELS  # larger images are refused as decompression bombs
     include: tuple[str, ...] = ()  # globs a file must match (any), relative path or name
     exclude: tuple[str, ...] = ()  # globs that skip files and folders
+    follow_links: bool = False  # walk folder symlinks that point outside the folders given to ingest
     index_threshold: int = DEFAULT_INDEX_THRESHOLD  # images before an ANN index replaces exact search
     commit_rows: int = 2048  # ingest commits this many rows at a time (or every 10 s): what a crash can lose
     k: int = DEFAULT_K
@@ -128,6 +132,8 @@ def _coerce(values: dict[str, Any], source: str) -> dict[str, Any]:
 
 
 def _convert(name: str, raw: Any) -> Any:
+    if name in BOOLEANS:
+        return _boolean(raw)
     if name in ("batch_size", "workers", "max_pixels", "k", "index_threshold", "commit_rows"):
         if isinstance(raw, bool) or (isinstance(raw, float) and not raw.is_integer()):
             raise ValueError("must be a whole number")
@@ -154,3 +160,15 @@ def _convert(name: str, raw: Any) -> Any:
     if name in ("model", "pretrained", "server", "token", "ray_address"):
         return str(raw) or None
     return str(raw)
+
+
+def _boolean(raw: Any) -> bool:
+    """A bool from TOML or a flag, or true/false, 1/0, yes/no (any case) from the environment."""
+    if isinstance(raw, bool):
+        return raw
+    word = str(raw).strip().lower() if isinstance(raw, str) else None
+    if word in TRUE_WORDS:
+        return True
+    if word in FALSE_WORDS:
+        return False
+    raise ValueError(f"must be one of {', '.join(TRUE_WORDS + FALSE_WORDS)}")

@@ -134,6 +134,7 @@ class Clipdex:
             retry_failed=retry_failed,
             prune_empty=prune_empty,
             commit_rows=s.commit_rows,
+            follow_links=s.follow_links,
         )
         engine: Engine = LocalEngine()
         if s.engine == "ray":
@@ -180,6 +181,14 @@ class Clipdex:
 
         with self.collection.writer("verify --repair"):  # before reading: the report must stay true
             report = verify(self.collection, workers=workers, progress=progress)
+            rolled_back = []
+            if any(p.kind == "damaged" for p in report.problems):
+                # Back to versions that read; then the files tell what those versions lack.
+                rolled_back = self.collection.repair_damage()
+                damaged = [p for p in report.problems if p.kind == "damaged"]
+                report = verify(self.collection, workers=workers, progress=progress)
+                report.problems[:0] = damaged
+            report.rolled_back = rolled_back
             return report if report.ok else run_repair(self.collection, report, reingest)
 
     def search(

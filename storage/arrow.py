@@ -46,8 +46,8 @@ def vectors_array(column: pa.ChunkedArray | pa.Array, dimension: int) -> np.ndar
 def record_from_row(row: dict[str, Any]) -> ImageRecord:
     """An images-table row as an ImageRecord (extra columns such as tags and clusters left out)."""
     row = {k: v for k, v in row.items() if k in _RECORD_FIELDS}
-    row["vector"] = np.asarray(row["vector"], np.float32)
-    if row["caption_vector"] is not None:
+    row["vector"] = np.asarray(row.get("vector", ()), np.float32)  # empty when not read
+    if row.get("caption_vector") is not None:
         row["caption_vector"] = np.asarray(row["caption_vector"], np.float32)
     return ImageRecord(**row)
 

@@ -8,19 +8,21 @@ index (the ANN index's shape), arrow (records <-> rows), schema (tables and upgr
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import timedelta
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import lancedb
 import numpy as np
 import pyarrow as pa
-from lancedb.index import HnswSq  # HNSW graphs in IVF partitions, 8-bit scalar-quantised
+from lancedb.index import BTree, HnswSq  # HNSW graphs in IVF partitions, 8-bit scalar-quantised
 
 from storage.arrow import conform, hit_from_row, record_from_row, records_table, vector_list, vectors_array
-from storage.errors import BadColumn, CollectionNotFound, CollectionUnreadable, first_line
+from storage.damage import Rollback, damaged, is_damage, roll_back, unreadable
+from storage.errors import BadColumn, CollectionDamaged, CollectionNotFound, CollectionUnreadable, first_line
 from storage.filters import bad_filter, check_where, sql_in, sql_str
 from storage.index import HNSW_EF, INDEX_NAME, NPROBES, REFINE_FACTOR, Compactor, IndexBuilder, IndexSpec
 from storage.locking import writer_lock, writing
@@ -45,8 +47,26 @@ os.environ.setdefault("LANCE_INCLUDE_VECTOR_CENTROIDS", "false")
 DELETE_CHUNK = 500  # values per DELETE statement, to keep the SQL short
 CAPTION_FILTER = "caption_vector IS NOT NULL"
 VECTOR_COLUMNS = ("vector", "caption_vector")
+SCALAR_INDEXED = ("id", "path")  # BTREE-indexed once the vector index is built
 EXTRA_TYPES = {"string": pa.string(), "int32": pa.int32(), "float32": pa.float32()}
 EXTRA_NAME = re.compile(r"[a-z][a-z0-9_]{0,62}")
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _reads(method: Callable[P, R]) -> Callable[P, R]:
+    """A read whose LanceDB errors about missing or truncated files become CollectionDamaged."""
+
+    @functools.wraps(method)
+    def read(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return method(*args, **kwargs)
+        except (RuntimeError, OSError, ValueError) as exc:
+            if is_damage(exc):
+                raise damaged(args[0].uri, exc) from exc  # type: ignore[attr-defined]
+            raise
+
+    return read
 
 
 class Collection:
@@ -62,9 +82,15 @@ class Collection:
             self._images = db.open_table(table)
             self._failures = db.open_table(FAILURES)
         except Exception as exc:
+            if is_damage(exc):
+                raise damaged(uri, exc) from exc
+            missing = "not found" in str(exc).lower() or "does not exist" in str(exc).lower()
             raise CollectionUnreadable(
                 f"--db {uri}: not a clipdex collection ({first_line(exc)}); "
                 "point --db at a collection or at a new, empty folder"
+                if missing
+                else f"--db {uri}: cannot read the collection ({first_line(exc)}); check its permissions, "
+                "and for object storage the credentials and endpoint (AWS_*, GOOGLE_*, AZURE_* variables)"
             ) from exc
         self._meta = {row["key"]: row["value"] for row in meta}
         self._indexed: tuple[int, bool] | None = None  # (table version, has an index) last seen
@@ -117,10 +143,12 @@ class Collection:
 
     # --- reading -------------------------------------------------------------------------
 
+    @_reads
     def count(self) -> int:
         """Number of images."""
         return int(self._images.count_rows())
 
+    @_reads
     def stats(self) -> Stats:
         """Counts and facts about the collection."""
         return Stats(
@@ -133,6 +161,7 @@ class Collection:
             schema_version=self.schema_version,
         )
 
+    @_reads
     def file_states(self) -> dict[str, FileState]:
         """path -> what sync compares, for every image (vectors are not read)."""
         table = self._images.search().select(STATE_COLUMNS).limit(None).to_arrow()
@@ -142,19 +171,21 @@ class Collection:
         """path -> the recorded failure, for every failed file."""
         return {f.path: f for f in self.failures()}
 
+    @_reads
     def failures(self) -> list[Failure]:
         """Every recorded failure, by path."""
         rows = self._failures.search().limit(None).to_arrow().to_pylist()
         return sorted((Failure(**row) for row in rows), key=lambda f: f.path)
 
-    def get(self, image_id: str) -> ImageRecord | None:
-        """The image with this id, with its vectors."""
-        return self._one(f"id = {sql_str(image_id)}")
+    def get(self, image_id: str, *, vectors: bool = True) -> ImageRecord | None:
+        """The image with this id, with its vectors (vectors=False: not read, left empty)."""
+        return self._one(f"id = {sql_str(image_id)}", vectors)
 
     def get_by_path(self, path: str) -> ImageRecord | None:
         """The image stored at this path, with its vectors."""
         return self._one(f"path = {sql_str(path)}")
 
+    @_reads
     def vectors(self, ids: Sequence[str] = (), *, column: str = "vector") -> tuple[list[str], np.ndarray]:
         """(ids, vectors as an (n, d) float32 array), for the given ids or for every image.
 
@@ -176,6 +207,45 @@ class Collection:
         tables = {"images": self._images, "failures": self._failures, "meta": self._db.open_table(META)}
         return {name: int(table.version) for name, table in tables.items()}
 
+    def damage(self) -> list[str]:
+        """What cannot be read of the collection: one line per damaged table (every row of every
+        column read, and a query through the vector index); empty when it is sound."""
+        found = []
+        for table in (self._images, self._failures, self._db.open_table(META)):
+            reason = unreadable(table)
+            if reason is not None:
+                found.append(f"{table.name}: {reason}")
+        if not found and self.has_index():
+            try:
+                self.search(np.zeros(self.dimension, np.float32) + 1.0, k=1)
+            except CollectionDamaged as exc:
+                found.append(f"{self._images.name} vector index: {exc}")
+        return found
+
+    def repair_damage(self) -> list[str]:
+        """Take each damaged table back to its newest version that reads (a damaged vector index is
+        dropped: the next ingest builds it again); returns what was done, one line each."""
+        done = []
+        with writing(self.uri):
+            for table in (self._images, self._failures, self._db.open_table(META)):
+                if unreadable(table) is None:
+                    continue
+                back: Rollback | None = roll_back(table)
+                if back is None:
+                    raise CollectionDamaged(
+                        f"--db {self.uri}: no version of its {table.name} table reads; restore the folder from a backup"
+                    )
+                done.append(
+                    f"{back.table}: back from version {back.from_version} to {back.to_version}, "
+                    f"{back.rows_before - back.rows_after} of {back.rows_before} rows lost "
+                    "(run clipdex ingest to embed their files again)"
+                )
+            if self.damage():
+                self._images.drop_index(INDEX_NAME)
+                done.append(f"{self._images.name}: the damaged vector index was dropped; the next ingest builds it")
+        self._indexed = None
+        return done
+
     def is_current(self) -> bool:
         """False once another process switched the collection to another model (reembed)."""
         try:
@@ -192,6 +262,7 @@ class Collection:
         """Columns added after creation (tags, clusters)."""
         return set(self._images.schema.names) - set(images_schema(self.dimension).names)
 
+    @_reads
     def columns(self, names: Sequence[str]) -> list[dict[str, Any]]:
         """Some metadata columns of every image, as rows."""
         rows: list[dict[str, Any]] = self._images.search().select(list(names)).limit(None).to_arrow().to_pylist()
@@ -199,8 +270,12 @@ class Collection:
 
     def iter_rows(self, columns: Sequence[str], batch_size: int = 10_000) -> Iterator[pa.RecordBatch]:
         """Every image row's columns, in batches (memory stays flat for any collection size)."""
-        reader = self._images.search().select(list(columns)).limit(None).to_batches(batch_size)
-        yield from reader
+        try:
+            yield from self._images.search().select(list(columns)).limit(None).to_batches(batch_size)
+        except (RuntimeError, OSError, ValueError) as exc:
+            if is_damage(exc):
+                raise damaged(self.uri, exc) from exc
+            raise
 
     def search(
         self,
@@ -235,13 +310,16 @@ class Collection:
             query = query.nprobes(NPROBES).ef(HNSW_EF).refine_factor(REFINE_FACTOR)
         try:
             rows = query.to_arrow().to_pylist()
-        except (ValueError, RuntimeError) as exc:  # a parse error, or one while running (x / 0, a bad cast)
+        except (ValueError, RuntimeError, OSError) as exc:  # a parse error, or one while running (x / 0, a bad cast)
+            if is_damage(exc):
+                raise damaged(self.uri, exc) from exc
             if not where:
                 raise
             raise bad_filter(where, exc) from exc
         matched = "caption" if column == "caption_vector" else "image"
         return [hit_from_row(row, matched) for row in rows]
 
+    @_reads
     def check_filter(self, where: str) -> None:
         """Raise BadFilter if a search could not run this where clause (an empty one is no filter)."""
         if not where:
@@ -272,6 +350,7 @@ class Collection:
         rows = self.count()
         if rows < min_rows:
             return "none"
+        self._ensure_scalar_indexes()
         if not self.has_index():
             spec = IndexSpec.for_rows(rows)
             with writing(self.uri):
@@ -286,6 +365,15 @@ class Collection:
             self.optimize(compact=compact)
             return "refreshed"
         return "current"
+
+    def _ensure_scalar_indexes(self) -> None:
+        """BTREE indexes on id and path, so lookups by either stop scanning the table (optimize
+        folds new rows into them)."""
+        have = {tuple(i.columns) for i in self._images.list_indices()}
+        for column in SCALAR_INDEXED:
+            if (column,) not in have:
+                with writing(self.uri):
+                    self._images.create_index(column, config=BTree())
 
     def optimize(self, *, compact: Compactor | None = None) -> None:
         """Merge the small fragments that appends leave (by compact, when given), and fold new rows
@@ -352,6 +440,7 @@ class Collection:
                 "id": [u.id for u in updates],
                 "caption": pa.array([u.caption for u in updates], pa.string()),
                 "caption_source": pa.array([u.caption_source for u in updates], pa.string()),
+                "caption_stamp": pa.array([u.caption_stamp for u in updates], pa.string()),
                 "caption_vector": pa.array([vector_list(u.caption_vector) for u in updates], vector_type),
             }
         )
@@ -446,8 +535,12 @@ class Collection:
 
     # --- internals ---------------------------------------------------------------------------
 
-    def _one(self, where: str) -> ImageRecord | None:
-        rows = self._images.search().where(where).limit(1).to_arrow().to_pylist()
+    @_reads
+    def _one(self, where: str, vectors: bool = True) -> ImageRecord | None:
+        query = self._images.search().where(where).limit(1)
+        if not vectors:
+            query = query.select([c for c in self._images.schema.names if c not in VECTOR_COLUMNS])
+        rows = query.to_arrow().to_pylist()
         return record_from_row(rows[0]) if rows else None
 
     def _merge(self, table: Any, key: str, data: pa.Table, *, insert: bool = True) -> None:

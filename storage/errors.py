@@ -4,6 +4,7 @@ StorageError
  ├── CollectionNotFound      nothing at the given path or URI yet
  ├── CollectionUnreadable    something is there, but it is not a clipdex collection we can read
  ├── CollectionBusy          another process is writing to the collection
+ ├── CollectionDamaged       a table's files are missing or cut short (verify --repair can go back)
  ├── BadFilter               a --where expression LanceDB cannot run
  └── BadColumn               an extra column (tags, clusters) with a name or type that cannot be used
 """
@@ -25,6 +26,10 @@ class CollectionUnreadable(StorageError):
 
 class CollectionBusy(StorageError):
     """Another clipdex process holds the collection's writer lock."""
+
+
+class CollectionDamaged(StorageError):
+    """A data, index or version file of the collection is missing or truncated."""
 
 
 class BadFilter(StorageError):

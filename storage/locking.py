@@ -8,6 +8,7 @@ import os
 from collections.abc import Iterator
 from datetime import datetime
 
+from storage.damage import damaged, is_damage
 from storage.errors import CollectionBusy, StorageError, first_line
 
 LOCK_FILE = ".clipdex-writer"  # inside a local collection's folder: who is writing now
@@ -62,6 +63,8 @@ def writing(uri: str) -> Iterator[None]:
     try:
         yield
     except (OSError, RuntimeError) as exc:
+        if is_damage(exc):
+            raise damaged(uri, exc) from exc
         raise StorageError(
             f"--db {uri}: cannot write ({first_line(exc)}); check free space and permissions, or use another --db"
         ) from exc

@@ -29,6 +29,7 @@ class ImageRecord:
     caption_source: str | None = None  # sidecar, manifest or embedded
     caption_vector: np.ndarray | None = field(default=None, repr=False)
     ingested_at: datetime | None = None
+    caption_stamp: str | None = None  # "size:mtime_ns" of the sidecar the caption came from
 
 
 @dataclass(frozen=True, slots=True)  # one per stored image, held during ingest planning
@@ -43,6 +44,7 @@ class FileState:
     description: str | None
     caption: str | None
     caption_source: str | None
+    caption_stamp: str | None = None
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,7 @@ class CaptionUpdate:
     caption: str | None
     caption_source: str | None
     caption_vector: np.ndarray | None = field(repr=False)
+    caption_stamp: str | None = None
 
 
 @dataclass(frozen=True)

@@ -7,13 +7,23 @@ from typing import Any
 
 import pyarrow as pa
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 IMAGES = "images"
 FAILURES = "failures"
 META = "meta"
 
+
+def _add_caption_stamp(db: Any) -> None:
+    """1 -> 2: caption_stamp, the size and mtime of the sidecar a caption was read from."""
+    for name in db.list_tables().tables:
+        if name.startswith(IMAGES):  # images, and a re-embedding's images_next
+            table = db.open_table(name)
+            if "caption_stamp" not in table.schema.names:
+                table.add_columns([pa.field("caption_stamp", pa.string())])
+
+
 # version N -> function upgrading a collection's tables from N to N + 1
-UPGRADES: dict[int, Callable[[Any], None]] = {}
+UPGRADES: dict[int, Callable[[Any], None]] = {1: _add_caption_stamp}
 
 
 def images_schema(dimension: int) -> pa.Schema:
@@ -33,6 +43,8 @@ def images_schema(dimension: int) -> pa.Schema:
             pa.field("description", pa.string()),  # the image's own EXIF/XMP description
             pa.field("caption", pa.string()),
             pa.field("caption_source", pa.string()),
+            # "size:mtime_ns" of the sidecar file a caption came from: an unchanged one is not read again
+            pa.field("caption_stamp", pa.string()),
             pa.field("vector", vector, nullable=False),
             pa.field("caption_vector", vector),
             pa.field("ingested_at", pa.timestamp("us", tz="UTC"), nullable=False),
@@ -54,4 +66,4 @@ META_SCHEMA = pa.schema([pa.field("key", pa.string(), nullable=False), pa.field(
 
 # Columns a search returns (never the vectors: they are large and the caller has the query).
 HIT_COLUMNS = ["id", "path", "caption", "width", "height", "format", "taken_at", "_distance"]
-STATE_COLUMNS = ["id", "path", "size", "mtime_ns", "hash", "description", "caption", "caption_source"]
+STATE_COLUMNS = ["id", "path", "size", "mtime_ns", "hash", "description", "caption", "caption_source", "caption_stamp"]

@@ -349,3 +349,61 @@ def test_engine_settings() -> None:
         load_settings(env={"CLIPDEX_ENGINE": "spark"})
     with pytest.raises(ConfigError, match=r"CLIPDEX_CPUS_PER_WORKER='0': must be above 0"):
         load_settings(env={"CLIPDEX_CPUS_PER_WORKER": "0"})
+
+
+# ---------------------------------------------------------------- follow_links
+
+
+def test_follow_links_is_off_by_default() -> None:
+    assert load_settings(env={}).follow_links is False
+
+
+def test_follow_links_from_config_file(tmp_path: Path) -> None:
+    config = _toml(tmp_path / "c.toml", "follow_links = true\n")
+
+    assert load_settings(config, env={}).follow_links is True
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("true", True),
+        ("1", True),
+        ("yes", True),
+        ("YES", True),
+        (" True ", True),
+        ("false", False),
+        ("0", False),
+        ("no", False),
+        ("No", False),
+    ],
+)
+def test_follow_links_from_environment(tmp_path: Path, value: str, expected: bool) -> None:
+    config = _toml(tmp_path / "c.toml", f"follow_links = {str(not expected).lower()}\n")
+
+    assert load_settings(config, env={"CLIPDEX_FOLLOW_LINKS": value}).follow_links is expected
+
+
+def test_bad_follow_links_in_environment_names_the_variable() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(env={"CLIPDEX_FOLLOW_LINKS": "maybe"})
+
+    assert str(info.value) == (
+        "environment variable CLIPDEX_FOLLOW_LINKS='maybe': must be one of true, 1, yes, false, 0, no"
+    )
+
+
+def test_follow_links_in_config_file_must_be_a_boolean(tmp_path: Path) -> None:
+    config = _toml(tmp_path / "c.toml", "follow_links = 2\n")
+
+    with pytest.raises(ConfigError) as info:
+        load_settings(config, env={})
+
+    assert str(info.value) == f"config file {config} follow_links=2: must be one of true, 1, yes, false, 0, no"
+
+
+def test_follow_links_flag_beats_environment() -> None:
+    settings = load_settings(env={"CLIPDEX_FOLLOW_LINKS": "yes"})
+
+    assert settings.override(follow_links=False).follow_links is False
+    assert settings.override(follow_links=None).follow_links is True  # flag not given

@@ -95,3 +95,54 @@ def test_filters_that_could_take_the_memory_are_refused(lib: Clipdex, where: str
 def test_everyday_filters_still_run(lib: Clipdex) -> None:
     for where in ("lower(format) = 'jpeg'", "width::bigint > 3 AND NOT (height < 2)", "format IN ('PNG', 'JPEG')"):
         lib.search("a dog", where=where)
+
+
+def test_lookups_by_id_and_path_have_btree_indexes(photos: Path, db: str, tiny_model: str) -> None:
+    lib = open_library(db, tiny_model, index_threshold=1)
+    report = lib.ingest([photos / "good"])
+    assert report.index == "built"
+    indexed = {tuple(i.columns): i.index_type for i in lib.collection._images.list_indices()}
+    assert indexed[("id",)] == indexed[("path",)] == "BTree"
+    photo = lib.collection.get_by_path(str(photos / "good" / "photo.jpg"))
+    assert photo is not None
+    light = lib.collection.get(photo.id, vectors=False)
+    assert light is not None and (light.path, light.hash, light.vector.size) == (photo.path, photo.hash, 0)
+    (photos / "good" / "new.png").write_bytes((photos / "good" / "photo.jpg").read_bytes())
+    lib.ingest([photos / "good"])  # new rows are found by id before and after they reach the index
+    assert lib.collection.get_by_path(str(photos / "good" / "new.png")) is not None
+
+
+def test_unchanged_sidecars_are_not_read_again(
+    photos: Path, db: str, tiny_model: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pipeline.ingest.captions as captions  # noqa: PLC0415
+
+    sidecar = photos / "good" / "photo.txt"
+    sidecar.write_text("a dog on the beach")
+    lib = open_library(db, tiny_model)
+    lib.ingest([photos / "good"])
+    reads: list[str] = []
+    real = captions.sidecar_text
+    monkeypatch.setattr(captions, "sidecar_text", lambda path: reads.append(path) or real(path))
+    assert lib.ingest([photos / "good"]).captions == 0
+    assert reads == []  # same size and mtime: the stored caption stands
+    sidecar.write_text("a cat on the sofa")
+    assert lib.ingest([photos / "good"]).captions == 1
+    assert reads == [str(sidecar)]
+    record = lib.collection.get_by_path(str(photos / "good" / "photo.jpg"))
+    assert record is not None and record.caption == "a cat on the sofa"
+
+
+def test_a_schema_1_collection_is_upgraded_in_place(photos: Path, db: str, tiny_model: str) -> None:
+    from storage import SCHEMA_VERSION, Collection  # noqa: PLC0415
+
+    lib = open_library(db, tiny_model)
+    lib.ingest([photos / "good"])
+    images = lib.collection._images
+    images.drop_columns(["caption_stamp"])  # as clipdex 1 wrote it
+    meta = lib.collection._db.open_table("meta")
+    meta.update(where="key = 'schema_version'", values={"value": "1"})
+    upgraded = Collection.open(db)
+    assert upgraded.schema_version == SCHEMA_VERSION == 2
+    assert "caption_stamp" in upgraded.column_names()
+    assert open_library(db, tiny_model).ingest([photos / "good"]).unchanged == 17

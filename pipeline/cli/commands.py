@@ -155,6 +155,11 @@ def cli() -> None:
 @click.option("--cpus-per-worker", type=click.FloatRange(min=0, min_open=True), help="CPUs per encoder actor (ray).")
 @click.option("--retry-failed", is_flag=True, help="Try again files that failed before and did not change.")
 @click.option("--prune-empty", is_flag=True, help="Remove stored images under a root that has none left.")
+@click.option(
+    "--follow-links/--no-follow-links",
+    default=None,
+    help="Walk folder symlinks that point outside PATHS [env CLIPDEX_FOLLOW_LINKS; default: no].",
+)
 @click.option("--json", "as_json", is_flag=True, help="End with one JSON object of counts.")
 @model_options
 def ingest(
@@ -564,11 +569,12 @@ def verify_command(repair: bool, as_json: bool, **flags: Any) -> None:
             report = _open(settings=settings).verify(repair=True, progress=progress)
         else:
             report = verify(Collection.open(settings.db_uri), workers=settings.decode_workers, progress=progress)
-    fixed = {"missing", "size", "content", "vector", "duplicate", "stale-failure"} if repair else set()
+    fixed = {"missing", "size", "content", "vector", "duplicate", "stale-failure", "damaged"} if repair else set()
     left = [p for p in report.problems if p.kind not in fixed]
     if as_json:
         data = {"checked": report.checked, "problems": report.counts(), "removed": report.removed,
                 "reingested": report.reingested, "cleared": report.cleared, "left": len(left),
+                "rolled_back": report.rolled_back,
                 "details": [{"path": p.path, "kind": p.kind, "detail": p.detail} for p in report.problems]}  # fmt: skip
         click.echo(json.dumps(data, ensure_ascii=False))
     else:
@@ -577,6 +583,8 @@ def verify_command(repair: bool, as_json: bool, **flags: Any) -> None:
             click.echo(f"{problem.kind}: {problem.path}: {problem.detail}")
         if len(report.problems) > MAX_PROBLEMS_SHOWN:
             click.echo(f"... and {len(report.problems) - MAX_PROBLEMS_SHOWN} more (--json lists all)")
+        for line in report.rolled_back:
+            click.echo(f"rolled back: {line}")
         if repair and report.problems:
             click.echo(
                 f"repaired: {report.removed} rows of deleted files removed, {report.reingested} files re-ingested, "

@@ -27,18 +27,27 @@ def planned_caption(
     sidecar: str | None,
     stored: FileState | None,
     unreadable: list[str] | None = None,
+    stamp: str | None = None,
 ) -> Caption | None:
     """The caption known before the image is decoded, or None: use the image's own description
     (choose_caption), which only decoding reveals.
 
     A manifest beats a sidecar file, also across runs: a run given no manifest keeps the captions
     an earlier manifest gave (a run given one replaces them). A sidecar that exists but cannot be
-    read keeps the stored caption; its path and the reason go to `unreadable`.
+    read keeps the stored caption; its path and the reason go to `unreadable`. A sidecar whose
+    stamp (sidecar_stamp) is the one stored with its caption is not read again.
     """
     if manifest is not None and path in manifest:
         return manifest[path], "manifest"
     if manifest is None and stored is not None and stored.caption_source == "manifest":
         return stored.caption, "manifest"
+    if (
+        stamp is not None
+        and stored is not None
+        and stored.caption_source == "sidecar"
+        and stored.caption_stamp == stamp
+    ):
+        return stored.caption, "sidecar"
     try:
         text = sidecar_text(sidecar) if sidecar else None
     except OSError as exc:
@@ -48,6 +57,17 @@ def planned_caption(
     if text:
         return text, "sidecar"
     return None
+
+
+def sidecar_stamp(path: str | None) -> str | None:
+    """'size:mtime_ns' of a local sidecar file (None for none, an object, or one that is gone)."""
+    if path is None or is_uri(path):
+        return None
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return f"{info.st_size}:{info.st_mtime_ns}"
 
 
 def choose_caption(planned: Caption | None, description: str | None) -> Caption:

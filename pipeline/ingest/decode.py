@@ -69,8 +69,10 @@ class Decoded:
         mtime_ns: int,
         vector: np.ndarray,
         caption: tuple[str | None, str | None, np.ndarray | None],
+        caption_stamp: str | None = None,
     ) -> ImageRecord:
-        """The row to store for this image: its facts, its vector, and (caption, source, caption vector)."""
+        """The row to store for this image: its facts, its vector, (caption, source, caption vector)
+        and the stamp of the sidecar the caption came from."""
         text, source, caption_vector = caption
         return ImageRecord(
             id=image_id,
@@ -87,6 +89,7 @@ class Decoded:
             caption=text,
             caption_source=source,
             caption_vector=caption_vector,
+            caption_stamp=caption_stamp if source == "sidecar" else None,
         )
 
 

@@ -32,6 +32,7 @@ class Target:
     size: int
     mtime_ns: int
     caption: Caption | None = None  # None: the image's own description, if it has one
+    stamp: str | None = None  # of the sidecar file, stored when the caption comes from it
 
 
 @dataclass
@@ -69,7 +70,14 @@ def embed_decoded(encoder: Encoder, images: Sequence[tuple[Decoded, Target]]) ->
     caption_vectors = embed_captions(encoder, [text for text, _ in captions])
     for (d, t, vector), (text, source), caption_vector in zip(kept, captions, caption_vectors, strict=True):
         out.records.append(
-            d.record(t.id, size=t.size, mtime_ns=t.mtime_ns, vector=vector, caption=(text, source, caption_vector))
+            d.record(
+                t.id,
+                size=t.size,
+                mtime_ns=t.mtime_ns,
+                vector=vector,
+                caption=(text, source, caption_vector),
+                caption_stamp=t.stamp,
+            )
         )
     return out
 

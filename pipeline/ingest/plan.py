@@ -34,6 +34,7 @@ class IngestOptions:
     prune_empty: bool = False  # also when a root yields no images at all (else: an unmounted drive?)
     commit_rows: int = 2048  # rows per commit (or every COMMIT_SECONDS): what a crash can lose
     force: frozenset[str] = frozenset()  # paths to read again even if their size and mtime match
+    follow_links: bool = False  # also walk folder symlinks pointing outside the roots given
 
 
 @dataclass
@@ -78,8 +79,16 @@ def make_plan(
     if not options.prune:
         return plan  # nothing is removed: no need to look for what is gone
     # A stored file counts as gone only if it is really gone: not merely left out by
-    # --include/--exclude, and not inside a folder we could not list this time.
-    hidden = [folder for folder, _ in scan.errors if os.path.isdir(folder)]
+    # --include/--exclude, and not inside a folder we could not list this time, nor under a
+    # folder link that was not followed (rows stored by a run with --follow-links).
+    links = [link for link, _ in scan.unfollowed]
+    hidden = [folder for folder, _ in scan.errors if os.path.isdir(folder)] + links
+    kept = sum(p not in seen and in_scope(p, links) for p in states) if links else 0
+    if kept:
+        plan.notes.append(
+            f"{kept} stored {'image lies' if kept == 1 else 'images lie'} under folder links that were not followed: "
+            "kept as they are; pass --follow-links to update them, or delete the links to remove them"
+        )
     candidates = [
         s
         for p, s in states.items()

@@ -126,7 +126,7 @@ class RayEngine:
             caption, source = target.caption if target.caption is not None else ("", "")
             items.append({"path": f.path, "size": f.size, "mtime_ns": f.mtime_ns, "id": target.id,
                           "caption": caption or "", "caption_source": source or "",
-                          "planned": target.caption is not None})  # fmt: skip
+                          "planned": target.caption is not None, "stamp": target.stamp or ""})  # fmt: skip
         try:
             done = self._embedded(sync, items)
             outcome = done.select_columns(["path", "hash", "failure"]).take_all()
@@ -302,6 +302,7 @@ def _target(batch: dict[str, np.ndarray], i: int) -> Target:
         size=int(batch["size"][i]),
         mtime_ns=int(batch["mtime_ns"][i]),
         caption=caption if batch["planned"][i] else None,
+        stamp=str(batch["stamp"][i]) or None,
     )
 
 

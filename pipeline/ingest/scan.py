@@ -62,6 +62,8 @@ class ScanResult:
     videos: int = 0
     special: list[str] = field(default_factory=list)  # FIFOs, sockets, devices named like images: skipped
     listed: set[str] = field(default_factory=set)  # every object under URI roots, filtered or not
+    # Folder symlinks pointing outside every root given: (link, real target), not walked.
+    unfollowed: list[tuple[str, str]] = field(default_factory=list)
 
     def exists(self, path: str) -> bool:
         """Whether a file is still there: on disk, or in the listing of an object-store root."""
@@ -79,12 +81,25 @@ def sniff_image(header: bytes) -> bool:
 
 
 class Scanner:
-    """Finds image files under roots, honouring include/exclude globs and skipping hidden folders."""
+    """Finds image files under roots, honouring include/exclude globs and skipping hidden folders.
 
-    def __init__(self, include: Sequence[str] = (), exclude: Sequence[str] = (), skip: Sequence[str] = ()) -> None:
+    A folder symlink pointing under a root given is an alias, not walked (its images are found
+    under their real path); one pointing elsewhere is walked only with follow_links, else recorded
+    in ScanResult.unfollowed. A folder reached twice (a loop, two links) is walked once.
+    """
+
+    def __init__(
+        self,
+        include: Sequence[str] = (),
+        exclude: Sequence[str] = (),
+        skip: Sequence[str] = (),
+        *,
+        follow_links: bool = False,
+    ) -> None:
         self.include = tuple(include)
         self.exclude = tuple(exclude)
         self.skip = {os.path.abspath(p) for p in skip}
+        self.follow_links = follow_links
 
     def scan(self, roots: Sequence[str | Path]) -> ScanResult:
         """Every image under the roots (files given directly are taken as they are)."""
@@ -94,19 +109,21 @@ class Scanner:
                 raise InputNotFound(f"{root} does not exist; check the path to ingest")
         result = ScanResult()
         seen: set[str] = set()
+        folders = [os.path.realpath(r) for r in absolute if not is_uri(r) and os.path.isdir(r)]
         for root in absolute:
             if is_uri(root):
                 self._list(root, result, seen)
             elif os.path.isdir(root):
-                self._walk(root, result, seen)
+                self._walk(root, result, seen, folders)
             elif root not in seen:
                 seen.add(root)
                 self._consider(root, os.path.basename(root), set(), result, explicit=True)
+        result.unfollowed.sort()
         return result
 
-    def _walk(self, root: str, result: ScanResult, seen: set[str]) -> None:
+    def _walk(self, root: str, result: ScanResult, seen: set[str], roots: Sequence[str]) -> None:
         visited: set[tuple[int, int]] = set()
-        for folder, names in self._folders(root, visited, result):
+        for folder, names in self._folders(root, roots, visited, result):
             listing = set(names)
             for name in sorted(names):
                 path = os.path.join(folder, name)
@@ -145,11 +162,16 @@ class Scanner:
                 sidecar = next((c for c in (stem + ".txt", uri + ".txt") if c in listing), None)
                 result.files.append(ScannedFile(uri, size, mtime_ns, sidecar))
 
-    def _folders(self, root: str, visited: set[tuple[int, int]], result: ScanResult) -> Iterator[tuple[str, list[str]]]:
-        """Depth-first folders with their file names; a folder reached twice (a loop) is walked once."""
-        stack = [root]
+    def _folders(
+        self, root: str, roots: Sequence[str], visited: set[tuple[int, int]], result: ScanResult
+    ) -> Iterator[tuple[str, list[str]]]:
+        """Depth-first folders with their file names; a folder reached twice (a loop) is walked once.
+
+        roots: the real paths of every folder given to this run, root's among them.
+        """
+        stack = [(root, False)]  # (folder, reached through a folder symlink)
         while stack:
-            folder = stack.pop()
+            folder, linked = stack.pop()
             try:
                 info = os.stat(folder)
                 if (info.st_dev, info.st_ino) in visited:
@@ -167,9 +189,26 @@ class Scanner:
                     is_dir = False
                 if not is_dir:
                     files.append(entry.name)
-                elif not self._skip_folder(root, entry.path, entry.name) and not _alias_inside(entry, root):
-                    stack.append(entry.path)
+                elif not self._skip_folder(root, entry.path, entry.name):
+                    via_link = linked or entry.is_symlink()
+                    if self._enter(entry, via_link, roots, result):
+                        stack.append((entry.path, via_link))
             yield folder, files
+
+    def _enter(self, entry: os.DirEntry[str], via_link: bool, roots: Sequence[str], result: ScanResult) -> bool:
+        """Whether to walk a folder: a real one always; one reached through a symlink only if it lies
+        outside the roots given, and then only with follow_links (a link to /etc must not make ingest
+        walk /etc)."""
+        if not via_link:
+            return True
+        target = os.path.realpath(entry.path)
+        if any(_under(target, r) for r in roots):
+            return False  # an alias: its images are found under their real path
+        if not entry.is_symlink():
+            return True  # a folder inside a followed link
+        if not self.follow_links and (entry.path, target) not in result.unfollowed:  # overlapping roots
+            result.unfollowed.append((entry.path, target))
+        return self.follow_links
 
     def _skip_folder(self, root: str, path: str, name: str) -> bool:
         return (
@@ -217,13 +256,8 @@ class Scanner:
         result.files.append(ScannedFile(path, info.st_size, info.st_mtime_ns, _sidecar(path, name, listing)))
 
 
-def _alias_inside(entry: os.DirEntry[str], root: str) -> bool:
-    """A folder symlink pointing inside the root: its images are already found under their real path."""
-    if not entry.is_symlink():
-        return False
-    target = os.path.realpath(entry.path)
-    real_root = os.path.realpath(root)
-    return target == real_root or target.startswith(real_root.rstrip(os.sep) + os.sep)
+def _under(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
 
 
 def _matches(patterns: Sequence[str], root: str, path: str, name: str) -> bool:

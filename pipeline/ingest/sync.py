@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Protocol
 
 from models import Encoder
-from pipeline.ingest.captions import choose_caption, planned_caption
+from pipeline.ingest.captions import choose_caption, planned_caption, sidecar_stamp
 from pipeline.ingest.embed import CommitClock, Embedded, Target, embed_captions
 from pipeline.ingest.plan import IngestOptions, Plan, find_moves, in_scope, make_plan
 from pipeline.ingest.pool import DecodePool
@@ -113,8 +113,9 @@ class Sync:
         """The row this file becomes: a stored file keeps its id; size and mtime as scanned (if the
         file changed since, the next run sees a difference and checks it again)."""
         stored = self.states.get(f.path)
-        caption = planned_caption(self.options.captions, f.path, f.sidecar, stored, self.unreadable_sidecars)
-        return Target(stored.id if stored else secrets.token_hex(8), f.size, f.mtime_ns, caption)
+        stamp = sidecar_stamp(f.sidecar)
+        caption = planned_caption(self.options.captions, f.path, f.sidecar, stored, self.unreadable_sidecars, stamp)
+        return Target(stored.id if stored else secrets.token_hex(8), f.size, f.mtime_ns, caption, stamp)
 
     def settle(self, f: ScannedFile, failure: str | None, digest: str) -> bool:
         """Account for a decoded file (failure: why it could not be decoded; digest: its content
@@ -205,12 +206,22 @@ class Ingester:
         progress = progress or no_progress
         report = IngestReport()
         opts = self.options
-        scan = Scanner(opts.include, opts.exclude, skip=[self.collection.uri]).scan(roots)
+        scanner = Scanner(opts.include, opts.exclude, skip=[self.collection.uri], follow_links=opts.follow_links)
+        scan = scanner.scan(roots)
         report.videos_skipped = scan.videos
         if scan.special:
             report.notes.append(
                 f"{len(scan.special)} files named like images are FIFOs, sockets or devices, not regular files: "
                 f"skipped (first: {scan.special[0]})"
+            )
+        if scan.unfollowed:
+            link, target = scan.unfollowed[0]
+            report.notes.append(
+                f"1 folder link points outside the folders given and was not followed ({link} -> {target}); "
+                "pass --follow-links to follow it"
+                if len(scan.unfollowed) == 1
+                else f"{len(scan.unfollowed)} folder links point outside the folders given and were not followed "
+                f"(first: {link} -> {target}); pass --follow-links to follow them"
             )
         progress(Progress("scan", len(scan.files), len(scan.files)))
         states = self.collection.file_states()
@@ -264,18 +275,22 @@ class Ingester:
         self, files: Iterable[tuple[ScannedFile, FileState]], report: IngestReport, unreadable: list[str]
     ) -> None:
         """Pick up sidecar and manifest edits for images whose own bytes did not change."""
-        changes: list[tuple[str, str | None, str | None]] = []
+        changes: list[tuple[str, str | None, str | None, str | None]] = []
+        edited = 0
         for f, stored in files:
-            planned = planned_caption(self.options.captions, f.path, f.sidecar, stored, unreadable)
+            stamp = sidecar_stamp(f.sidecar)
+            planned = planned_caption(self.options.captions, f.path, f.sidecar, stored, unreadable, stamp)
             caption, source = choose_caption(planned, stored.description)
-            if (caption, source) != (stored.caption, stored.caption_source):
-                changes.append((stored.id, caption, source))
-        if changes:
-            vectors = embed_captions(self.encoder, [c for _, c, _ in changes])
+            stamp = stamp if source == "sidecar" else None
+            if (caption, source, stamp) != (stored.caption, stored.caption_source, stored.caption_stamp):
+                changes.append((stored.id, caption, source, stamp))
+                edited += (caption, source) != (stored.caption, stored.caption_source)
+        if changes:  # a sidecar touched but not edited only gets its new stamp
+            vectors = embed_captions(self.encoder, [c for _, c, _, _ in changes])
             self.collection.set_captions(
-                [CaptionUpdate(i, c, s, v) for (i, c, s), v in zip(changes, vectors, strict=True)]
+                [CaptionUpdate(i, c, s, v, st) for (i, c, s, st), v in zip(changes, vectors, strict=True)]
             )
-            report.captions = len(changes)
+            report.captions = edited
 
 
 def finish_writes(

@@ -111,7 +111,7 @@ def _target(state: FileState, digest: str, size: int) -> Target:
     """The stored row's id and caption; content that changed since the last ingest gets mtime 0,
     so the next ingest checks it."""
     mtime_ns = state.mtime_ns if digest == state.hash else 0
-    return Target(state.id, size, mtime_ns, (state.caption, state.caption_source))
+    return Target(state.id, size, mtime_ns, (state.caption, state.caption_source), state.caption_stamp)
 
 
 def _failure(state: FileState, reason: str) -> Failure:

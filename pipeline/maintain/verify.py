@@ -37,7 +37,7 @@ class Problem:
     """One thing off in the collection: which path, what kind, and a one-line detail."""
 
     path: str
-    kind: str  # missing, folder-missing, unreadable, size, content, vector, duplicate, stale-failure
+    kind: str  # damaged, missing, folder-missing, unreadable, size, content, vector, duplicate, stale-failure
     detail: str
 
 
@@ -50,6 +50,7 @@ class VerifyReport:
     removed: int = 0  # rows of files that are gone
     reingested: int = 0  # files whose rows were replaced by a fresh ingest
     cleared: int = 0  # failures cleared because the path is stored
+    rolled_back: list[str] = field(default_factory=list)  # damaged tables taken back, one line each
     seconds: float = 0.0
 
     @property
@@ -67,6 +68,11 @@ def verify(collection: Collection, *, workers: int = 0, progress: ProgressFn | N
     started = time.monotonic()
     report = VerifyReport()
     progress = progress or (lambda _: None)
+    damage = collection.damage()
+    if damage:  # nothing else can be checked until the tables read again
+        report.problems += [Problem(collection.uri, "damaged", line) for line in damage]
+        report.seconds = time.monotonic() - started
+        return report
     rows: dict[str, list[tuple[int, str]]] = {}  # path -> [(size, hash)] of its rows
     columns = ["path", "size", "hash", "vector", "caption_vector"]
     total = collection.count()

@@ -115,7 +115,7 @@ def test_lookups_by_id_and_path_have_btree_indexes(photos: Path, db: str, tiny_m
 def test_unchanged_sidecars_are_not_read_again(
     photos: Path, db: str, tiny_model: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import pipeline.ingest.captions as captions  # noqa: PLC0415
+    from pipeline.ingest import captions  # noqa: PLC0415
 
     sidecar = photos / "good" / "photo.txt"
     sidecar.write_text("a dog on the beach")

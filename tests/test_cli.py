@@ -66,7 +66,7 @@ def test_info_json_and_table(photos: Path, db: str, tiny_model: str) -> None:
         "images      17\n"
         "captioned   2\n"
         "failures    6\n"
-        "schema      1\n"
+        "schema      2\n"
     )
 
 

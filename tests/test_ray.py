@@ -124,6 +124,21 @@ def test_ray_actors_record_nan_vectors_as_failures(
     assert {f.path: f.reason for f in lib.collection.failures()} == dict.fromkeys(good, NON_FINITE)
 
 
+def test_a_failed_ray_job_is_done_locally_not_lost(
+    local_ray: None, photos: Path, tmp_path: Path, tiny_model: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pipeline.ingest.ray import RayEngine  # noqa: PLC0415
+
+    def job_dies(self: object, sync: object, items: object) -> None:
+        raise RuntimeError("ray.exceptions.WorkerCrashedError: The worker died unexpectedly")
+
+    monkeypatch.setattr(RayEngine, "_embedded", job_dies)
+    lib = open_ray(str(tmp_path / "db"), tiny_model)
+    report = lib.ingest([photos / "good"])
+    assert (report.added, lib.collection.count()) == (17, 17)
+    assert any("Ray job of 17 files failed" in n and "ingested on this machine" in n for n in report.notes)
+
+
 def test_ray_builds_the_index_in_ray_tasks(local_ray: None, library: Path, tmp_path: Path, tiny_model: str) -> None:
     lib = open_ray(str(tmp_path / "db"), tiny_model, index_threshold=100)
     report = lib.ingest([library / "many"])

@@ -31,6 +31,7 @@ from pipeline.config import default_workers
 from pipeline.errors import ClipdexError, EngineError, first_line
 from pipeline.ingest.decode import Decoded, DecodeFailed, decode_file
 from pipeline.ingest.embed import Target, embed_decoded
+from pipeline.ingest.local import LocalEngine
 from pipeline.ingest.progress import Progress
 from pipeline.ingest.scan import ScannedFile
 from pipeline.ingest.sync import Sync, finish_writes
@@ -132,11 +133,15 @@ class RayEngine:
             outcome = done.select_columns(["path", "hash", "failure"]).take_all()
         except ClipdexError:
             raise
-        except Exception as exc:  # Ray's, Ray Data's or a worker's: one line, not a traceback
-            raise EngineError(
-                f"the Ray job failed ({first_line(exc)}); nothing of this chunk was written; run again, "
-                "or --engine local, which records a file that crashes its decoder as a failure"
-            ) from exc
+        except Exception as exc:  # Ray's, Ray Data's or a worker's (a decode task that died on a file)
+            # The chunk is not lost: this machine's decode pool, which tells a file that crashes its
+            # decoder from its bystanders, does it instead (the driver has read every file to scan it).
+            sync.report.notes.append(
+                f"the Ray job of {len(files)} files failed ({first_line(exc)}); they were ingested on this "
+                "machine instead, where a file that crashes its decoder is recorded as a failure"
+            )
+            LocalEngine().embed(files, sync)
+            return
         by_path = {f.path: f for f in files}
         embedded, skip = [], set()
         for row in outcome:

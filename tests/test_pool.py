@@ -129,12 +129,18 @@ def _ingest(tmp_path: Path, tiny_model: str, count: int) -> tuple[Path, str, sub
     return root, db, subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def test_ingest_survives_a_decode_worker_killed_mid_run(tmp_path: Path, tiny_model: str) -> None:
-    _, db, process = _ingest(tmp_path, tiny_model, 400)
+def _decode_workers(process: subprocess.Popen[str]) -> list[int]:
+    """The decode workers of a running ingest, as soon as they are there."""
     deadline = time.monotonic() + 120
     while not (workers := _children(process.pid)) and process.poll() is None:
         assert time.monotonic() < deadline, "no decode worker appeared"
         time.sleep(0.02)
+    return workers
+
+
+def test_ingest_survives_a_decode_worker_killed_mid_run(tmp_path: Path, tiny_model: str) -> None:
+    _, db, process = _ingest(tmp_path, tiny_model, 400)
+    workers = _decode_workers(process)
     assert process.poll() is None, "the ingest ended before a worker could be killed"
     os.kill(workers[0], signal.SIGKILL)  # as the OOM killer would
     out, err = process.communicate(timeout=240)
@@ -142,19 +148,16 @@ def test_ingest_survives_a_decode_worker_killed_mid_run(tmp_path: Path, tiny_mod
     import json  # noqa: PLC0415
 
     counts = json.loads(out.strip().splitlines()[-1])
-    assert counts["added"] + counts["failed"] == 400
-    assert counts["failed"] <= 2  # at most the files the killed worker held, and only if they kill again
+    # The files the killed worker held were tried again alone, and (being sound) stored.
+    assert (counts["added"], counts["failed"]) == (400, 0)
     from storage import Collection  # noqa: PLC0415
 
-    assert Collection.open(db).count() == counts["added"] >= 398
+    assert Collection.open(db).count() == 400
 
 
 def test_killing_the_ingest_leaves_no_decode_worker(tmp_path: Path, tiny_model: str) -> None:
     _, _, process = _ingest(tmp_path, tiny_model, 400)
-    deadline = time.monotonic() + 120
-    while not (workers := _children(process.pid)) and process.poll() is None:
-        assert time.monotonic() < deadline, "no decode worker appeared"
-        time.sleep(0.02)
+    workers = _decode_workers(process)
     assert workers, "the ingest ended before it could be killed"
     process.kill()
     process.communicate()

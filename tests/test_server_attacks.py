@@ -354,3 +354,24 @@ def test_openapi_lists_error_statuses_and_image_types(client: TestClient) -> Non
     assert "image/jpeg" in thumbnail["200"]["content"] and "application/json" not in thumbnail["200"]["content"]
     assert {"400", "410"} <= set(thumbnail)
     assert {"400", "413"} <= set(paths["/api/similar"]["post"]["responses"])
+
+
+def test_the_page_gets_the_token_in_a_cookie_never_in_its_urls(lib: Clipdex, tmp_path: Path) -> None:
+    client = TestClient(create_app(lib, token="s3cret", thumbnails=tmp_path / "t"))
+    first = client.get("/?token=s3cret", follow_redirects=False)
+    assert first.status_code == 303 and first.headers["location"] == "/"
+    cookie = first.headers["set-cookie"].lower()
+    assert "clipdex_token=s3cret" in cookie and "httponly" in cookie and "samesite=strict" in cookie
+    page = client.get("/")  # the cookie, kept by the client as a browser keeps it
+    assert page.status_code == 200 and "token" not in page.text
+    hit = client.get("/api/search", params={"q": "a"}).json()["hits"][0]
+    assert client.get(f"/api/images/{hit['id']}/thumbnail").status_code == 200
+    assert client.get("/openapi.json").status_code == 200  # /docs loads it with the same cookie
+    stranger = TestClient(create_app(lib, token="s3cret", thumbnails=tmp_path / "t"), cookies={"clipdex_token": "no"})
+    assert stranger.get("/api/info").status_code == 401
+
+
+def test_a_huge_invalid_text_is_not_echoed_back(client: TestClient) -> None:
+    response = client.post("/api/embed/text", json={"text": "x" * 200_000})  # under the body cap, over the text cap
+    assert response.status_code == 422
+    assert len(response.content) < 2_000 and "xxxx" not in response.text

@@ -5,6 +5,9 @@ while each is still the regular file ingest indexed (pipeline.server.files); a t
 required on every request (header ``Authorization: Bearer T`` or ``?token=T`` for image URLs);
 request bodies, uploads, their pixels and texts are capped (pipeline.server.limits); thumbnails
 are cached in a folder only this user can read (pipeline.server.thumbnails).
+
+The model is used only through a Batcher (pipeline.server.batching): concurrent embeds and searches
+share forward passes, and a full queue is a 503 with Retry-After, never a growing backlog.
 """
 
 from __future__ import annotations
@@ -12,10 +15,10 @@ from __future__ import annotations
 import hashlib
 import hmac
 import io
-import threading
 import time
 import warnings
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any
@@ -23,7 +26,8 @@ from typing import Annotated, Any
 import numpy as np
 import uvicorn
 from fastapi import FastAPI, File, HTTPException, Query, Request, Response, UploadFile
-from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, StreamingResponse
 from PIL import Image
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
@@ -34,6 +38,7 @@ from pipeline.errors import BadOption, ClipdexError
 from pipeline.ingest.decode import FORMATS, DecodeFailed, decode_bytes
 from pipeline.ingest.sources import is_uri, read_bytes
 from pipeline.library import Clipdex
+from pipeline.server.batching import Batcher, QueueFull, Stopped
 from pipeline.server.files import MEDIA_TYPES, check_indexed, chunks, media_type, open_indexed, read_indexed
 from pipeline.server.limits import (
     DEFAULT_MAX_UPLOAD,
@@ -41,6 +46,7 @@ from pipeline.server.limits import (
     KEEP_ALIVE_S,
     MAX_CONNECTIONS,
     MAX_HEADER_BYTES,
+    MAX_QUEUED,
     MAX_TEXT_CHARS,
     MAX_UPLOAD_PIXELS,
     MAX_WHERE_CHARS,
@@ -63,9 +69,12 @@ ERRORS = {
     404: "No image with this id",
     410: "The stored file is gone or changed since ingest; run clipdex ingest",
     413: "The request body, upload or its pixels are over the cap",
-    503: "The collection or model cannot be used now (another model's vectors, a storage error)",
+    503: "The collection or model cannot be used now (another model's vectors, a storage error, the model's "
+    "queue full: then Retry-After says when to try again)",
 }
 MAX_NAME_CHARS = 200  # of an upload's file name, in messages
+TOKEN_COOKIE = "clipdex_token"  # set when the page is opened as /?token=T: HttpOnly, SameSite=Strict
+PAGES = ("/", "/docs")  # opened in a browser: /?token=T sets the cookie and drops the token from the URL
 ORIGINAL_TYPES = sorted({*MEDIA_TYPES.values(), "application/octet-stream"})
 
 __all__ = [
@@ -100,17 +109,28 @@ def create_app(
     token: str | None = None,
     thumbnails: Path | None = None,
     max_upload: int = DEFAULT_MAX_UPLOAD,
+    max_queued: int = MAX_QUEUED,
 ) -> FastAPI:
     """The FastAPI app serving one collection.
 
     thumbnails: the cache folder (default: the user's cache folder, one per collection), made 0o700.
+    max_queued: images and texts waiting for the model; one more is a 503 with Retry-After.
     Raises BadOption for an empty token.
     """
     if token is not None and (not token.strip() or token != token.strip()):
         raise BadOption("--token is empty or has spaces around it; give a token like $(openssl rand -hex 16)")
-    app = FastAPI(title="clipdex", summary="Search your own images by meaning.", version="0.1.0")
+    # Started here, not at startup: an app used without its lifespan (a bare TestClient) works too.
+    batcher = Batcher(lib.encoder, max_queued)
+    batcher.start()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        await run_in_threadpool(batcher.stop)
+
+    app = FastAPI(title="clipdex", summary="Search your own images by meaning.", version="0.1.0", lifespan=lifespan)
+    app.state.batcher = batcher
     cache = ThumbnailCache(thumbnails or default_folder(_digest(lib.collection.uri)))
-    model_lock = threading.Lock()  # one forward pass at a time: the model already uses every core
     upload_pixels = min(lib.settings.max_pixels, MAX_UPLOAD_PIXELS)
     app.add_middleware(BodyLimit, max_upload=max_upload)
 
@@ -118,13 +138,25 @@ def create_app(
     async def require_token(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
         if token is not None and not hmac.compare_digest(_presented(request).encode(), token.encode()):
             return JSONResponse(
-                {"detail": "a token is required: ?token=... or Authorization: Bearer ..."},
+                {"detail": "a token is required: Authorization: Bearer ..., or open the page once as /?token=..."},
                 401,
                 headers={"WWW-Authenticate": "Bearer", "X-Content-Type-Options": "nosniff"},
             )
+        if token is not None and request.url.path in PAGES and "token" in request.query_params:
+            # The page's own requests (images, fetches) then carry the token in a cookie, never in a
+            # URL that scripts, logs and Referer headers could see.
+            to_page = RedirectResponse(request.url.path, 303)
+            to_page.set_cookie(TOKEN_COOKIE, token, httponly=True, samesite="strict", path="/")
+            return to_page
         response = await call_next(request)
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
         return response
+
+    @app.exception_handler(RequestValidationError)
+    def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # FastAPI's own answer repeats each bad value: a 10 MB text would come back as 10 MB.
+        errors = [{k: v for k, v in e.items() if k in ("type", "loc", "msg")} for e in exc.errors()]
+        return JSONResponse({"detail": errors}, 422)
 
     @app.exception_handler(ClipdexError)
     @app.exception_handler(BadFilter)
@@ -135,6 +167,11 @@ def create_app(
     @app.exception_handler(ModelError)
     def server_error(request: Request, exc: Exception) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, 503)
+
+    @app.exception_handler(QueueFull)
+    @app.exception_handler(Stopped)
+    def busy(request: Request, exc: Exception) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, 503, headers={"Retry-After": "1"})
 
     @app.exception_handler(Exception)
     def unexpected(request: Request, exc: Exception) -> JSONResponse:
@@ -153,7 +190,7 @@ def create_app(
         return stats_dict(lib.stats())
 
     @app.get("/api/search", summary="Images that match a text, best first", responses=_errors(400, 401, 503))
-    def search(
+    async def search(
         q: Annotated[str, Query(description="the text", min_length=1, max_length=MAX_TEXT_CHARS, pattern=r"\S")],
         k: Annotated[int, Query(ge=1, le=1000)] = 10,
         min_score: Annotated[float | None, Query(ge=-1, le=1)] = None,
@@ -161,9 +198,8 @@ def create_app(
         target: Annotated[str, Query(pattern="^(" + "|".join(TARGETS) + ")$")] = "image",
     ) -> dict[str, Any]:
         started = time.perf_counter()
-        with model_lock:
-            vector = lib.embed_text(q)
-        hits = lib.search_vector(vector, k=k, where=where, min_score=min_score, target=target)
+        vector = await batcher.embed_text(q)
+        hits = await run_in_threadpool(lib.search_vector, vector, k=k, where=where, min_score=min_score, target=target)
         return _hits(hits, started)
 
     @app.post(
@@ -178,8 +214,7 @@ def create_app(
         where: Annotated[str | None, Query(max_length=MAX_WHERE_CHARS)] = None,
     ) -> dict[str, Any]:
         started = time.perf_counter()
-        data = await _read_upload(file, max_upload)
-        vector = await run_in_threadpool(_embed_upload, data, _upload_name(file))
+        vector = await _embed_upload(file)
         hits = await run_in_threadpool(lib.search_vector, vector, k=k, where=where, min_score=min_score)
         return _hits(hits, started)
 
@@ -195,20 +230,18 @@ def create_app(
         where: Annotated[str | None, Query(max_length=MAX_WHERE_CHARS)] = None,
     ) -> dict[str, Any]:
         started = time.perf_counter()
-        if lib.collection.get(image_id) is None:
+        if lib.collection.get(image_id, vectors=False) is None:
             raise HTTPException(404, f"no image with id {image_id}")
         return _hits(lib.similar_to(image_id, k=k, where=where, min_score=min_score), started)
 
     @app.post("/api/embed/text", summary="The vector of a text", responses=_errors(401, 413, 503))
-    def embed_text(body: TextIn) -> dict[str, Any]:
-        with model_lock:  # a text over MAX_TEXT_CHARS is a 422 before this: never in the text cache
-            vector = lib.embed_text(body.text)
+    async def embed_text(body: TextIn) -> dict[str, Any]:
+        vector = await batcher.embed_text(body.text)  # a text over MAX_TEXT_CHARS is a 422 before this
         return {"vector": [round(float(x), 7) for x in vector], "model": lib.encoder.fingerprint.label}
 
     @app.post("/api/embed/image", summary="The vector of an uploaded image", responses=_errors(400, 401, 413, 503))
     async def embed_image(file: Annotated[UploadFile, File(description="an image file")]) -> dict[str, Any]:
-        data = await _read_upload(file, max_upload)
-        vector = await run_in_threadpool(_embed_upload, data, _upload_name(file))
+        vector = await _embed_upload(file)
         return {"vector": [round(float(x), 7) for x in vector], "model": lib.encoder.fingerprint.label}
 
     @app.get(
@@ -251,30 +284,36 @@ def create_app(
         return StreamingResponse(chunks(file, size), media_type=media, headers={"Content-Length": str(size)})
 
     def _record(image_id: str) -> ImageRecord:
-        record = lib.collection.get(image_id)
+        record = lib.collection.get(image_id, vectors=False)  # its file's facts: no vectors read
         if record is None:
             raise HTTPException(404, f"no image with id {image_id}")
         return record
 
-    def _embed_upload(data: bytes, name: str) -> np.ndarray:
-        """Decode and embed an upload: in a worker thread, never on the event loop."""
+    async def _embed_upload(file: UploadFile) -> np.ndarray:
+        """Read and decode an upload in a worker thread, then embed it in a batch with the others."""
+        batcher.check_room()  # a busy model: refuse before decoding
+        data = await _read_upload(file, max_upload)
+        pixels = await run_in_threadpool(_decode_upload, data, _upload_name(file))
+        return await batcher.embed_pixels(pixels)
+
+    def _decode_upload(data: bytes, name: str) -> np.ndarray:
+        """The pixels of an upload, as ingest decodes a file: in a worker thread, never on the event loop."""
         _check_pixels(name, data, upload_pixels)
         result = decode_bytes(name, data, lib.encoder.transform, upload_pixels)
         if isinstance(result, DecodeFailed) or result.pixels is None:
             reason = result.reason if isinstance(result, DecodeFailed) else "no pixels"
             raise HTTPException(400, f"{name}: {reason}")
-        with model_lock:
-            vector: np.ndarray = lib.encoder.embed_pixels(result.pixels[None])[0]
-        return vector
+        return result.pixels
 
     return app
 
 
 def _presented(request: Request) -> str:
-    """The token a request carries: ?token=, else the credentials of an Authorization: Bearer header."""
+    """The token a request carries: the credentials of an Authorization: Bearer header, else the
+    page's cookie, else ?token= (which only the first visit to the page should need)."""
     scheme, _, credentials = request.headers.get("authorization", "").strip().partition(" ")
     bearer = credentials.strip() if scheme.lower() == "bearer" else ""  # RFC 7235: the scheme is case-blind
-    return request.query_params.get("token") or bearer
+    return bearer or request.cookies.get(TOKEN_COOKIE, "") or request.query_params.get("token", "")
 
 
 def _upload_name(file: UploadFile) -> str:

@@ -11,9 +11,10 @@ MULTIPART_SLACK = 64 * 1024  # a request body may exceed the upload by this much
 MAX_UPLOAD_PIXELS = 50_000_000  # below ingest's cap: an upload is anyone's, a stored file is the user's
 MAX_TEXT_CHARS = 1000  # a search or embed text; CLIP reads 77 tokens, far fewer
 MAX_WHERE_CHARS = 4000  # a --where filter
+MAX_QUEUED = 256  # images and texts waiting for the model (pipeline.server.batching); above it 503
 # uvicorn, in serve():
 KEEP_ALIVE_S = 5  # an idle keep-alive connection is closed after this
-MAX_CONNECTIONS = 64  # connections and requests at once; above it uvicorn answers 503
+MAX_CONNECTIONS = 128  # open connections at once (64 keep-alive clients fit); from there uvicorn answers 503
 MAX_HEADER_BYTES = 16 * 1024  # request line and headers (h11), above it the connection is refused
 GRACEFUL_SHUTDOWN_S = 10  # on Ctrl-C, requests in flight get this long to finish
 

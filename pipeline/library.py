@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import threading
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
@@ -24,7 +25,7 @@ from pipeline.ingest.sources import is_uri
 from pipeline.ingest.sync import Engine, Ingester, IngestReport
 from pipeline.maintain.verify import VerifyReport, verify
 from pipeline.maintain.verify import repair as run_repair
-from pipeline.query import Term
+from pipeline.query import Term, parse_terms
 from storage import Collection, CollectionNotFound, Hit, Stats
 
 TEXT_CACHE_SIZE = 1024
@@ -207,7 +208,7 @@ class Clipdex:
 
     def query(
         self,
-        terms: Sequence[Term],
+        terms: Sequence[Term | str | Path] | str,
         *,
         k: int | None = None,
         where: str | None = None,
@@ -223,7 +224,10 @@ class Clipdex:
         Stored images named by id are left out of the results. within keeps hits scoring at most
         that much below the best one; honest drops images that match a generic caption ("a photo")
         at least as well as the query's texts, so an unrelated result is not shown as a match.
+        terms may also be plain strings, parsed as the CLI parses its arguments ("beach", "+",
+        "./photo.jpg", "-", "crowd", or one string "beach + ./photo.jpg"), and Paths (images).
         """
+        terms = as_terms(terms)
         vector = self.query_vector(terms)
         ids = [t.value for t in terms if t.kind == "id"]
         hits = self.search_vector(vector, k=k, where=where, min_score=min_score, target=target, exclude_ids=ids)
@@ -337,6 +341,34 @@ class Clipdex:
     def stats(self) -> Stats:
         """Counts and facts about the collection."""
         return self.collection.stats()
+
+
+def as_terms(terms: Sequence[Term | str | Path] | str) -> list[Term]:
+    """Terms from Term objects, Paths (images) and strings in the CLI's query syntax ("beach",
+    "2:beach", "+", "-", or one string "a dog + ./photo.jpg - crowd")."""
+    items: list[Term | str | Path] = []
+    for item in [terms] if isinstance(terms, str) else terms:
+        if isinstance(item, str):
+            items += [w for w in re.split(r"\s+([+-])\s+", item.strip()) if w]
+        else:
+            items.append(item)
+    out: list[Term] = []
+    sign = 1.0
+    for item in items:
+        if item in ("+", "-"):
+            sign = -1.0 if item == "-" else 1.0
+            continue
+        if isinstance(item, Term):
+            term = item
+        elif isinstance(item, Path):
+            term = Term(str(item), 1.0, "image")
+        else:
+            (term,) = parse_terms([item])
+        out.append(dataclasses.replace(term, weight=sign * term.weight))
+        sign = 1.0
+    if not out:
+        raise BadQuery("the query has no terms; give some words or an image")
+    return out
 
 
 def embed_image_file(encoder: Encoder, path: str | Path, max_pixels: int) -> np.ndarray:

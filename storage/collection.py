@@ -23,7 +23,7 @@ from lancedb.index import BTree, HnswSq  # HNSW graphs in IVF partitions, 8-bit 
 from storage.arrow import conform, hit_from_row, record_from_row, records_table, vector_list, vectors_array
 from storage.damage import Rollback, damaged, is_damage, roll_back, unreadable
 from storage.errors import BadColumn, CollectionDamaged, CollectionNotFound, CollectionUnreadable, first_line
-from storage.filters import bad_filter, check_where, sql_in, sql_str
+from storage.filters import bad_filter, check_where, sql_in, sql_str, with_timestamps
 from storage.index import HNSW_EF, INDEX_NAME, NPROBES, REFINE_FACTOR, Compactor, IndexBuilder, IndexSpec
 from storage.locking import writer_lock, writing
 from storage.records import CaptionUpdate, Failure, FileState, Hit, ImageRecord, Moved, Stats
@@ -291,6 +291,7 @@ class Collection:
         _check_vector_column(column)
         if where:
             check_where(where)
+            where = with_timestamps(where)
         filters = [f"({where})"] if where else []
         if exclude_ids:
             filters.append(f"id NOT IN ({', '.join(sql_str(i) for i in exclude_ids)})")
@@ -326,7 +327,7 @@ class Collection:
             return
         check_where(where)
         try:
-            self._images.search().where(f"({where})").select(["id"]).limit(1).to_arrow()
+            self._images.search().where(f"({with_timestamps(where)})").select(["id"]).limit(1).to_arrow()
         except (ValueError, RuntimeError) as exc:
             raise bad_filter(where, exc) from exc
 

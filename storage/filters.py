@@ -61,9 +61,33 @@ def check_where(where: str) -> None:
             )
 
 
+TIMESTAMP_COLUMNS = ("taken_at", "ingested_at")
+# A timestamp column compared with a quoted date as people write it: '2024', '2024-06', '2024-06-01',
+# '2024-06-01 12:30' (also after BETWEEN ... AND).
+_DATE = r"'(\d{4})(?:-(\d{2}))?(?:-(\d{2}))?(?:[ T](\d{2}):(\d{2})(?::(\d{2}))?)?'"
+_COMPARED = re.compile(
+    r"\b(" + "|".join(TIMESTAMP_COLUMNS) + r")\s*(<=|>=|<>|!=|=|<|>|\bBETWEEN\b)\s*(?!TIMESTAMP)" + _DATE,
+    re.IGNORECASE,
+)
+_AND_DATE = re.compile(r"(\bBETWEEN\s+TIMESTAMP\s+'[^']*'\s+AND\s+)" + _DATE, re.IGNORECASE)
+
+
+def with_timestamps(where: str) -> str:
+    """The filter with dates compared to timestamp columns written as TIMESTAMP literals, which
+    LanceDB needs: taken_at > '2024-06-01' -> taken_at > TIMESTAMP '2024-06-01 00:00:00'."""
+
+    def literal(m: re.Match[str], first: int) -> str:
+        year, month, day, hour, minute, second = (m.group(i) for i in range(first, first + 6))
+        return f"TIMESTAMP '{year}-{month or '01'}-{day or '01'} {hour or '00'}:{minute or '00'}:{second or '00'}'"
+
+    where = _COMPARED.sub(lambda m: f"{m.group(1)} {m.group(2)} {literal(m, 3)}", where)
+    return _AND_DATE.sub(lambda m: f"{m.group(1)}{literal(m, 2)}", where)
+
+
 def bad_filter(where: str | None, exc: Exception) -> BadFilter:
-    """LanceDB's error about a filter, as one line that says what can be filtered on."""
-    reason = first_line(exc)
+    """LanceDB's error about a filter, as one line that says what can be filtered on (never the
+    library's source paths)."""
+    reason = re.split(r",? /(?:root|rustc|home|usr)/\S*", first_line(exc))[0]
     if "Valid fields" in reason:  # LanceDB already names the columns
         return BadFilter(f"--where {where!r}: {reason}")
     return BadFilter(f"--where {where!r}: {reason}; filter on {BUILT_IN_COLUMNS} (SQL, strings in single quotes)")

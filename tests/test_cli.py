@@ -231,3 +231,11 @@ def test_offline_default_model_is_one_line_and_creates_nothing(
     )
     assert result.stderr.count("\n") == 1
     assert not (tmp_path / "db").exists()
+
+
+def test_output_and_score_options_are_checked(photos: Path, db: str, tiny_model: str) -> None:
+    run("ingest", str(photos / "good"), "--db", db, "--model", tiny_model)
+    assert "give --json or --paths, not both" in run("search", "x", "--json", "--paths", "--db", db, ok=False).output
+    assert "--min-score" in run("search", "x", "--min-score", "2", "--db", db, ok=False).output
+    result = run("search", "x", "--server", "127.0.0.1:8000", ok=False)
+    assert "give the URL with its scheme, e.g. --server http://127.0.0.1:8000" in result.stderr

@@ -146,3 +146,26 @@ def test_a_schema_1_collection_is_upgraded_in_place(photos: Path, db: str, tiny_
     assert upgraded.schema_version == SCHEMA_VERSION == 2
     assert "caption_stamp" in upgraded.column_names()
     assert open_library(db, tiny_model).ingest([photos / "good"]).unchanged == 17
+
+
+def test_dates_as_people_write_them(lib: Clipdex) -> None:
+    for where in ("taken_at > '2024-06-01'", "taken_at >= '2024'", "taken_at BETWEEN '2000' AND '2030-12-31 23:59'",
+                  "ingested_at > '2020-01'"):  # fmt: skip
+        lib.search("a dog", where=where)
+    assert lib.search("a dog", where="ingested_at > '2020'", k=50)  # every image was ingested since
+
+
+def test_filter_errors_never_show_library_source_paths(lib: Clipdex) -> None:
+    with pytest.raises(BadFilter) as info:
+        lib.search("a dog", where="widht > 3")
+    assert ".rs:" not in str(info.value) and "/root/" not in str(info.value)
+
+
+def test_query_takes_strings_paths_and_terms(lib: Clipdex, photos: Path) -> None:
+    from pipeline.query import Term  # noqa: PLC0415
+
+    photo = photos / "good" / "photo.jpg"
+    as_terms = lib.query([Term("a dog"), Term(str(photo), 1.0, "image"), Term("crowd", -1.0)], k=5)
+    assert lib.query(f"a dog + {photo} - crowd", k=5) == as_terms
+    assert lib.query(["a dog", "+", photo, "-", "crowd"], k=5) == as_terms
+    assert lib.query("a dog", k=5) == lib.search("a dog", k=5)

@@ -26,6 +26,8 @@ class Client:
     """A clipdex server at a base URL, optionally with a token."""
 
     def __init__(self, url: str, token: str | None = None) -> None:
+        if "://" not in url:
+            raise ServerError(f"--server {url}: give the URL with its scheme, e.g. --server http://{url}")
         self.url = url.rstrip("/")
         self.token = token
 

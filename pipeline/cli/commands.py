@@ -98,7 +98,9 @@ def query_options(f: F) -> F:
         click.option("--server", help="Ask a running `clipdex serve` at this URL [env CLIPDEX_SERVER]."),
         click.option("--paths", "as_paths", is_flag=True, help="Print only paths, one per line."),
         click.option("--json", "as_json", is_flag=True, help="Print JSON lines, best first."),
-        click.option("--min-score", type=float, help="Drop results below this cosine similarity."),
+        click.option(
+            "--min-score", type=click.FloatRange(-1, 1), help="Drop results below this cosine similarity (-1 to 1)."
+        ),
         click.option("--where", help="SQL filter on metadata, e.g. \"width > 1000 AND path LIKE '%/2024/%'\"."),
         click.option("-k", "k", type=click.IntRange(min=1), help="How many results [default: 10]."),
     ]
@@ -247,6 +249,7 @@ def search(
     clipdex search beach + ./photo.jpg - crowd
     """
     as_json, as_paths, server = flags.pop("as_json"), flags.pop("as_paths"), flags.pop("server")
+    _one_format(as_json, as_paths)
     settings = _settings(flags.pop("config_file"), server=server, **flags)
     terms = parse_terms(query)
     terms += [Term(p, 1.0, "image") for p in like] + [Term(p, -1.0, "image") for p in unlike]
@@ -282,6 +285,7 @@ def similar(
     if (image is None) == (image_id is None):
         raise click.UsageError("give an IMAGE file or --id ID, not both or neither")
     as_json, as_paths, server = flags.pop("as_json"), flags.pop("as_paths"), flags.pop("server")
+    _one_format(as_json, as_paths)
     settings = _settings(flags.pop("config_file"), server=server, **flags)
     client = _client(settings)
     params: dict[str, Any] = {"k": k or settings.k, "where": where, "min_score": _floor(min_score, settings)}
@@ -535,6 +539,11 @@ def _stored_fingerprint(settings: Settings) -> Fingerprint | None:
 
 def _floor(min_score: float | None, settings: Settings) -> float | None:
     return settings.min_score if min_score is None else min_score
+
+
+def _one_format(as_json: bool, as_paths: bool) -> None:
+    if as_json and as_paths:
+        raise click.UsageError("give --json or --paths, not both")
 
 
 def _print_hits(hits: list[Hit], as_json: bool, as_paths: bool, min_score: float | None, honest: bool = False) -> None:

@@ -1,7 +1,8 @@
 """The encoder: OpenCLIP models loaded from one small spec, embedding images and texts.
 
-The torch-backed parts (``load_encoder``, ``OpenClipEncoder``) load on first use, so that
-image-decoding worker processes, which need only ``ImageTransform``, never import torch.
+``load_encoder`` picks the runtime: OpenVINO on CPUs (``models.exported``, no torch), torch
+on GPUs and wherever asked (``models.openclip``). The torch-backed parts load on first use, so
+that decode workers, and queries whose model is already exported, never import torch.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 from models.encoder import Encoder, Fingerprint
 from models.errors import BadSpec, DeviceUnavailable, ModelError, ModelNotFound, ModelUnavailable
-from models.spec import DEFAULT_MODEL, DEFAULT_PRETRAINED, DEVICES, PRECISIONS, EncoderSpec
+from models.loading import load_encoder, resolve_runtime
+from models.spec import DEFAULT_MODEL, DEFAULT_PRETRAINED, DEVICES, PRECISIONS, RUNTIMES, EncoderSpec
 from models.transform import ImageTransform
 
 # Idle OpenMP threads of the model must sleep, not spin, while decode workers share the cores.
@@ -20,13 +22,14 @@ from models.transform import ImageTransform
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 if TYPE_CHECKING:
-    from models.openclip import OpenClipEncoder, available_models, load_encoder
+    from models.openclip import OpenClipEncoder, available_models
 
 __all__ = [
     "DEFAULT_MODEL",
     "DEFAULT_PRETRAINED",
     "DEVICES",
     "PRECISIONS",
+    "RUNTIMES",
     "BadSpec",
     "DeviceUnavailable",
     "Encoder",
@@ -39,9 +42,10 @@ __all__ = [
     "OpenClipEncoder",
     "available_models",
     "load_encoder",
+    "resolve_runtime",
 ]
 
-_LAZY = {"OpenClipEncoder", "available_models", "load_encoder"}
+_LAZY = {"OpenClipEncoder", "available_models"}
 
 
 def __getattr__(name: str) -> Any:

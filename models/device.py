@@ -2,26 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 
+from models import hardware
 from models.errors import DeviceUnavailable
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-_BF16_CPU_FLAGS = {"amx_bf16", "avx512_bf16"}
-
-
-def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> set[str]:
-    """The CPU feature flags the kernel reports (empty where there is no /proc/cpuinfo)."""
-    try:
-        text = cpuinfo.read_text(errors="replace")
-    except OSError:
-        return set()
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            return set(line.partition(":")[2].split())
-    return set()
 
 
 def resolve_device(requested: str) -> torch.device:
@@ -41,12 +27,10 @@ def resolve_device(requested: str) -> torch.device:
 
 def resolve_precision(requested: str, device: torch.device) -> str:
     """Turn 'auto' into fp16 on GPUs, bf16 on CPUs with bf16 units, else fp32; check explicit ones."""
-    if requested == "auto":
-        if device.type in ("cuda", "mps"):
-            return "fp16"
-        return "bf16" if cpu_flags() & _BF16_CPU_FLAGS else "fp32"
-    if requested == "fp16" and device.type == "cpu":
-        raise DeviceUnavailable("--precision fp16 runs only on a GPU; use --precision bf16 or fp32 on the CPU")
+    if requested == "auto" and device.type in ("cuda", "mps"):
+        return "fp16"
+    if device.type == "cpu":
+        return hardware.cpu_precision(requested)
     return requested
 
 

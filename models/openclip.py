@@ -83,6 +83,11 @@ class OpenClipEncoder:
         """Where the model runs: cpu, cuda, mps."""
         return str(self._device)
 
+    @property
+    def runtime(self) -> str:
+        """Which runtime runs the model."""
+        return "torch"
+
     def embed_pixels(self, pixels: np.ndarray) -> np.ndarray:
         """Embed uint8 pixels of shape (n, height, width, 3), already resized by ``transform``."""
         if pixels.ndim != 4 or pixels.shape[3] != 3 or pixels.shape[1:3] != self._transform.size:

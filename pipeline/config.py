@@ -17,6 +17,7 @@ DEFAULT_MAX_PIXELS = 200_000_000
 DEFAULT_K = 10
 TARGETS = ("image", "caption", "both")  # which vectors a text query matches
 ENGINES = ("local", "ray")
+RUNTIMES = ("auto", "torch", "openvino")  # models.RUNTIMES, repeated so settings load without models
 DEFAULT_INDEX_THRESHOLD = 10_000  # LanceDB exact search costs ~3 ms per 1,000 rows here
 ENV_PREFIX = "CLIPDEX_"
 BOOLEANS = ("follow_links",)  # settings that are true or false
@@ -47,6 +48,7 @@ class Settings:
     pretrained: str | None = None  # None: the collection's own tag, else models.DEFAULT_PRETRAINED
     device: str = "auto"
     precision: str = "auto"
+    runtime: str = "auto"  # auto (OpenVINO on CPUs, torch on GPUs), torch, openvino: models.RUNTIMES
     batch_size: int | None = None  # None: chosen from the device
     workers: int | None = None  # decode processes (engine ray: encoder actors); None: one per core, 0: in-process
     engine: str = "local"  # local: this machine; ray: a Ray cluster (pipeline.ingest.ray)
@@ -153,6 +155,10 @@ def _convert(name: str, raw: Any) -> Any:
     if name == "engine":
         if raw not in ENGINES:
             raise ValueError(f"must be one of {', '.join(ENGINES)}")
+        return str(raw)
+    if name == "runtime":
+        if raw not in RUNTIMES:
+            raise ValueError(f"must be one of {', '.join(RUNTIMES)}")
         return str(raw)
     if name in ("include", "exclude"):
         parts = raw.split(",") if isinstance(raw, str) else raw

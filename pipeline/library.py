@@ -42,15 +42,47 @@ class Clipdex:
     >>> [hit.path for hit in lib.search("a dog on the beach", k=5)]
     """
 
-    def __init__(self, collection: Collection, encoder: Encoder, settings: Settings | None = None) -> None:
-        stored = Fingerprint.from_json(collection.model)
-        if stored != encoder.fingerprint:
-            raise ModelMismatch(_mismatch(collection.uri, stored, _asked(stored, encoder.fingerprint)))
+    def __init__(
+        self,
+        collection: Collection,
+        encoder: Encoder | EncoderSpec,
+        settings: Settings | None = None,
+    ) -> None:
+        """encoder: a loaded encoder, or the spec of one, loaded the first time a vector is needed
+        (so a bad filter or a missing file is answered before any model loads)."""
         self.collection = collection
-        self.encoder = encoder
         self.settings = settings or Settings()
+        self._encoder: Encoder | None = None
+        self._spec: EncoderSpec | None = None
+        self._encoder_lock = threading.Lock()
+        if isinstance(encoder, EncoderSpec):
+            self._spec = encoder
+        else:
+            self._adopt(encoder)
         # A long-lived process (a server, a notebook) asks the same words again and again.
         self._text_vectors: OrderedDict[str, np.ndarray] = OrderedDict()
+
+    @property
+    def encoder(self) -> Encoder:
+        """The collection's encoder, loaded on first use."""
+        if self._encoder is None:
+            with self._encoder_lock:
+                if self._encoder is None:
+                    assert self._spec is not None
+                    self._adopt(models.load_encoder(self._spec))
+        assert self._encoder is not None
+        return self._encoder
+
+    @property
+    def encoder_loaded(self) -> bool:
+        """True once the model is loaded."""
+        return self._encoder is not None
+
+    def _adopt(self, encoder: Encoder) -> None:
+        stored = Fingerprint.from_json(self.collection.model)
+        if stored != encoder.fingerprint:
+            raise ModelMismatch(_mismatch(self.collection.uri, stored, _asked(stored, encoder.fingerprint)))
+        self._encoder = encoder
 
     @classmethod
     def open(
@@ -62,6 +94,7 @@ class Clipdex:
         device: str | None = None,
         precision: str | None = None,
         batch_size: int | None = None,
+        runtime: str | None = None,
         create: bool = False,
         settings: Settings | None = None,
     ) -> Clipdex:
@@ -76,6 +109,7 @@ class Clipdex:
             device=device,
             precision=precision,
             batch_size=batch_size,
+            runtime=runtime,
         )
         uri = settings.db_uri
         try:
@@ -89,10 +123,11 @@ class Clipdex:
         if stored and (spec.model, spec.pretrained) != (stored.model, stored.pretrained):
             # Refuse before loading (or downloading) a model the collection cannot use.
             raise ModelMismatch(_mismatch(uri, stored, spec.label))
-        encoder = models.load_encoder(spec)  # imports torch and open_clip on first use
-        if collection is None:
-            fingerprint = encoder.fingerprint
-            collection = Collection.create(uri, model=fingerprint.to_json(), dimension=fingerprint.dimension)
+        if collection is not None:
+            return cls(collection, spec, settings)  # the model loads when a vector is needed
+        encoder = models.load_encoder(spec)  # torch and open_clip only where the runtime is torch
+        fingerprint = encoder.fingerprint
+        collection = Collection.create(uri, model=fingerprint.to_json(), dimension=fingerprint.dimension)
         return cls(collection, encoder, settings)
 
     def ingest(
@@ -204,6 +239,7 @@ class Clipdex:
         """Images that match a text, best first; target 'image', 'caption' or 'both' vectors."""
         if not text.strip():
             raise BadQuery("the search text is empty; give some words, e.g. clipdex search 'a dog'")
+        self.check_request(where, target)
         return self.search_vector(self.embed_text(text), k=k, where=where, min_score=min_score, target=target)
 
     def query(
@@ -228,6 +264,10 @@ class Clipdex:
         "./photo.jpg", "-", "crowd", or one string "beach + ./photo.jpg"), and Paths (images).
         """
         terms = as_terms(terms)
+        self.check_request(where, target)
+        for term in terms:
+            if term.kind == "image":
+                _check_image_file(term.value)
         vector = self.query_vector(terms)
         ids = [t.value for t in terms if t.kind == "id"]
         hits = self.search_vector(vector, k=k, where=where, min_score=min_score, target=target, exclude_ids=ids)
@@ -286,6 +326,7 @@ class Clipdex:
         min_score: float | None = None,
     ) -> list[Hit]:
         """Images like an image file anywhere on disk, best first."""
+        self.check_request(where)
         return self.search_vector(self.embed_image(image), k=k, where=where, min_score=min_score)
 
     def similar_to(
@@ -296,6 +337,13 @@ class Clipdex:
         if record is None:
             raise InputNotFound(f"--id {image_id}: no image with this id; ids are in the output of search --json")
         return self.search_vector(record.vector, k=k, where=where, min_score=min_score, exclude_ids=[image_id])
+
+    def check_request(self, where: str | None, target: str = "image") -> None:
+        """Refuse a bad target or filter before any vector is computed (BadQuery, BadFilter)."""
+        if target not in TARGETS:
+            raise BadQuery(f"--target {target}: choose one of {', '.join(TARGETS)}")
+        if where:
+            self.collection.check_filter(where)
 
     def search_vector(
         self,
@@ -336,6 +384,7 @@ class Clipdex:
 
     def embed_image(self, path: str | Path) -> np.ndarray:
         """The vector of an image file, decoded exactly as ingest decodes it."""
+        _check_image_file(path)  # before the model loads
         return embed_image_file(self.encoder, path, self.settings.max_pixels)
 
     def stats(self) -> Stats:
@@ -371,11 +420,17 @@ def as_terms(terms: Sequence[Term | str | Path] | str) -> list[Term]:
     return out
 
 
-def embed_image_file(encoder: Encoder, path: str | Path, max_pixels: int) -> np.ndarray:
-    """Decode an image file as ingest does and embed it."""
+def _check_image_file(path: str | Path) -> str:
+    """The absolute path of an existing file, or InputNotFound."""
     path = os.path.abspath(os.path.expanduser(str(path)))
     if not os.path.isfile(path):
         raise InputNotFound(f"{path} does not exist; give the path of an image file")
+    return path
+
+
+def embed_image_file(encoder: Encoder, path: str | Path, max_pixels: int) -> np.ndarray:
+    """Decode an image file as ingest does and embed it."""
+    path = _check_image_file(path)
     result = decode_file(path, encoder.transform, max_pixels)
     if isinstance(result, DecodeFailed) or result.pixels is None:
         reason = result.reason if isinstance(result, DecodeFailed) else "no pixels"
@@ -403,6 +458,7 @@ def encoder_spec(settings: Settings, stored: Fingerprint | None = None) -> Encod
         device=settings.device,
         precision=settings.precision,
         batch_size=settings.batch_size,
+        runtime=settings.runtime,
     )
 
 

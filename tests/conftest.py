@@ -38,12 +38,20 @@ def other_model(tmp_path_factory: pytest.TempPathFactory) -> str:
     return "local-dir:" + str(tiny_model_dir(tmp_path_factory.mktemp("other-model"), seed=1))
 
 
+@pytest.fixture(scope="session")
+def export_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One OpenVINO export cache for the whole run (and the clipdex processes it starts): each test
+    model is exported once, as a user's machine exports each model once."""
+    return tmp_path_factory.mktemp("clipdex-cache")
+
+
 @pytest.fixture(autouse=True)
-def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, export_cache: Path) -> None:
     """No CLIPDEX_* variables or user config from the machine; decode in-process unless a test says so."""
     for name in list(os.environ):
         if name.startswith("CLIPDEX_"):
             monkeypatch.delenv(name)
+    monkeypatch.setenv("CLIPDEX_CACHE", str(export_cache))
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg-config"))
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg-data"))
     monkeypatch.setenv("CLIPDEX_WORKERS", "0")

@@ -17,9 +17,10 @@ from pipeline.ingest.decode import decode_file, to_rgb
 from tests import corpus
 
 
-@pytest.fixture(scope="module")
-def encoder(tiny_model: str) -> models.OpenClipEncoder:
-    return models.load_encoder(EncoderSpec(model=tiny_model, device="cpu", precision="fp32"))
+@pytest.fixture(scope="module", params=["torch", "openvino"])
+def encoder(tiny_model: str, request: pytest.FixtureRequest) -> models.Encoder:
+    """The tiny model in fp32 on each runtime: both must give open_clip's vectors."""
+    return models.load_encoder(EncoderSpec(model=tiny_model, device="cpu", precision="fp32", runtime=request.param))
 
 
 # Decoded on purpose unlike open_clip's plain Pillow path: 16-bit scaled instead of clipped, alpha
@@ -40,7 +41,7 @@ def _reference(tiny_model: str) -> tuple[torch.nn.Module, object, object]:
     return model.eval(), preprocess, open_clip.get_tokenizer(tiny_model)
 
 
-def test_vectors_are_unit_length_float32(encoder: models.OpenClipEncoder) -> None:
+def test_vectors_are_unit_length_float32(encoder: models.Encoder) -> None:
     texts = encoder.embed_texts(["a dog", "a cat", "a dog on the beach"])
     assert texts.dtype == np.float32
     assert texts.shape == (3, 32)
@@ -48,14 +49,14 @@ def test_vectors_are_unit_length_float32(encoder: models.OpenClipEncoder) -> Non
     assert encoder.embed_texts([]).shape == (0, 32)
 
 
-def test_fingerprint_names_model_dimension_and_preprocessing(encoder: models.OpenClipEncoder, tiny_model: str) -> None:
+def test_fingerprint_names_model_dimension_and_preprocessing(encoder: models.Encoder, tiny_model: str) -> None:
     fp = encoder.fingerprint
     assert (fp.model, fp.pretrained, fp.dimension) == (tiny_model, "", 32)
     assert "size=(32, 32)" in fp.preprocess
     assert models.Fingerprint.from_json(fp.to_json()) == fp
 
 
-def test_image_vectors_match_open_clip(encoder: models.OpenClipEncoder, tiny_model: str, tmp_path: Path) -> None:
+def test_image_vectors_match_open_clip(encoder: models.Encoder, tiny_model: str, tmp_path: Path) -> None:
     """Pixels prepared by decode workers (Pillow + numpy) give open_clip's own vectors."""
     model, preprocess, _ = _reference(tiny_model)
     for name, path in corpus.good_images(tmp_path).items():
@@ -72,7 +73,7 @@ def test_image_vectors_match_open_clip(encoder: models.OpenClipEncoder, tiny_mod
         assert float(ours @ ref) >= 0.9999, name
 
 
-def test_text_vectors_match_open_clip(encoder: models.OpenClipEncoder, tiny_model: str) -> None:
+def test_text_vectors_match_open_clip(encoder: models.Encoder, tiny_model: str) -> None:
     model, _, tokenizer = _reference(tiny_model)
     texts = ["a dog on the beach", "", "ünïcödé ✓ text"]
     with torch.no_grad():
@@ -98,8 +99,8 @@ def test_transform_equals_open_clip_preprocessing(mode: str, size: tuple[int, in
 
 
 def test_bf16_stays_close_to_fp32(tiny_model: str, tmp_path: Path) -> None:
-    fp32 = models.load_encoder(EncoderSpec(model=tiny_model, device="cpu", precision="fp32"))
-    bf16 = models.load_encoder(EncoderSpec(model=tiny_model, device="cpu", precision="bf16"))
+    fp32 = models.load_encoder(EncoderSpec(model=tiny_model, device="cpu", precision="fp32", runtime="torch"))
+    bf16 = models.load_encoder(EncoderSpec(model=tiny_model, device="cpu", precision="bf16", runtime="torch"))
     images = []
     for path in corpus.good_images(tmp_path).values():
         with Image.open(path) as im:
@@ -158,18 +159,19 @@ def test_cuda_missing_is_refused_with_the_fix(tiny_model: str) -> None:
 
 
 def test_auto_precision_follows_the_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
-    from models import device  # noqa: PLC0415 - the torch-backed module, imported for this test only
+    from models import device, hardware  # noqa: PLC0415 - the torch-backed module, imported for this test only
 
     cpu = torch.device("cpu")
-    monkeypatch.setattr(device, "cpu_flags", lambda: {"avx2", "amx_bf16"})
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: {"avx2", "amx_bf16"})
     assert device.resolve_precision("auto", cpu) == "bf16"
-    monkeypatch.setattr(device, "cpu_flags", lambda: {"avx2"})
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: {"avx2"})
     assert device.resolve_precision("auto", cpu) == "fp32"
     assert device.resolve_precision("auto", torch.device("cuda")) == "fp16"
 
 
 def test_out_of_memory_halves_the_batch_and_retries(tiny_model: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    encoder = models.load_encoder(EncoderSpec(model=tiny_model, device="cpu", precision="fp32", batch_size=16))
+    spec = EncoderSpec(model=tiny_model, device="cpu", precision="fp32", batch_size=16, runtime="torch")
+    encoder = models.load_encoder(spec)
     pixels = np.random.default_rng(0).integers(0, 255, (20, 32, 32, 3), dtype=np.uint8)
     expected = encoder.embed_pixels(pixels)
     real = encoder._encode_pixels
@@ -184,7 +186,7 @@ def test_out_of_memory_halves_the_batch_and_retries(tiny_model: str, monkeypatch
     assert encoder.batch_size == 4
 
 
-def test_jpeg_draft_decoding_keeps_vectors_close(encoder: models.OpenClipEncoder, tmp_path: Path) -> None:
+def test_jpeg_draft_decoding_keeps_vectors_close(encoder: models.Encoder, tmp_path: Path) -> None:
     """Draft (DCT-scaled) decoding of a large JPEG against a full decode: cosine >= 0.99."""
     for seed in range(3):
         path = corpus.large_jpeg(tmp_path / f"big{seed}.jpg", megapixels=2.0, seed=seed)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import signal
 import sys
@@ -17,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from models import PRECISIONS, Fingerprint
+from models import PRECISIONS, RUNTIMES, Fingerprint
 from pipeline.analyse.classify import DEFAULT_PROMPT
 from pipeline.analyse.classify import classify as run_classify
 from pipeline.analyse.clusters import cluster as run_cluster
@@ -75,9 +76,14 @@ def db_options(f: F) -> F:
 
 
 def model_options(f: F) -> F:
-    """--model, --pretrained, --device, --precision, --batch-size."""
+    """--model, --pretrained, --device, --precision, --runtime, --batch-size."""
     options = [
         click.option("--batch-size", type=click.IntRange(min=1), help="Images per forward pass."),
+        click.option(
+            "--runtime",
+            type=click.Choice(RUNTIMES),
+            help="What runs the model: OpenVINO on CPUs, torch on GPUs [env CLIPDEX_RUNTIME; default: auto].",
+        ),
         click.option("--precision", type=click.Choice(PRECISIONS), help="Weights dtype [default: auto]."),
         click.option("--device", help="auto, cpu, cuda, cuda:N or mps [default: auto]."),
         click.option("--pretrained", help="Pretrained tag or checkpoint file [env CLIPDEX_PRETRAINED]."),
@@ -140,6 +146,21 @@ def _client(settings: Settings) -> Client | None:
 @click.version_option(package_name="clipdex")
 def cli() -> None:
     """Search your own images by meaning: ingest folders, then ask in words or with a photo."""
+    _say_model_notes()
+
+
+class _EchoHandler(logging.Handler):
+    """The encoder's one-line notes (a first export to OpenVINO) on standard error, as they are."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        click.echo(record.getMessage(), err=True)
+
+
+def _say_model_notes() -> None:
+    logger = logging.getLogger("models")
+    if not any(isinstance(h, _EchoHandler) for h in logger.handlers):
+        logger.addHandler(_EchoHandler())
+    logger.setLevel(logging.INFO)
 
 
 @cli.command()

@@ -1,19 +1,23 @@
 """Ingest throughput, side by side in one run: a naive loop, LanceDB's open-clip function, clipdex,
 and the machine's limit measured from its parts (decode on all cores, model alone).
 
-    .venv/bin/python benchmarks/ingest.py [--large 24] [--small 160] [--repeats 3]
+    .venv/bin/python benchmarks/ingest.py [--large 24] [--small 160] [--repeats 3] [--compete]
 
 Steady-state images per second = (N - 1) / (t(N images) - t(1 image)), so start-up (worker
 spawn, table creation) cancels out; the best of --repeats interleaved rounds is kept, since this
 machine's speed drifts. Models use the real ViT-B-32 architecture with random weights.
+clipdex runs on each runtime (torch bf16, OpenVINO bf16); the limit uses the faster model-only
+rate. --compete repeats the clipdex rows while a CPU-bound process spins on one core.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
+import contextlib
+import multiprocessing
+import multiprocessing.synchronize
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import lancedb
@@ -67,9 +71,9 @@ def lancedb_function(model_id: str) -> Callable[[Path, Path], None]:
     return run
 
 
-def clipdex(model_id: str) -> Callable[[Path, Path], None]:
-    """clipdex with its defaults (decode workers per core, precision auto, batch auto)."""
-    encoder = models.load_encoder(models.EncoderSpec(model=model_id))
+def clipdex(model_id: str, runtime: str = "auto") -> Callable[[Path, Path], None]:
+    """clipdex with its defaults (decode workers per core, precision auto, batch auto) on a runtime."""
+    encoder = models.load_encoder(models.EncoderSpec(model=model_id, runtime=runtime))
 
     def run(folder: Path, db: Path) -> None:
         fp = encoder.fingerprint
@@ -91,7 +95,7 @@ def decode_only(transform: models.ImageTransform) -> Callable[[Path, Path], None
     return run
 
 
-def model_only(encoder: models.OpenClipEncoder, count: int) -> float:
+def model_only(encoder: models.Encoder, count: int) -> float:
     """The model half of the limit: batched forward passes on ready pixels, images per second."""
     pixels = np.random.default_rng(0).integers(0, 255, (count, 224, 224, 3), dtype=np.uint8)
     encoder.embed_pixels(pixels[: encoder.batch_size])  # warm up
@@ -105,26 +109,51 @@ def steady_rate(fn: Callable[[Path, Path], None], many: Path, one: Path, n: int)
     return (n - 1) / max(t_many - t_one, 1e-9)
 
 
+def spin(stop: multiprocessing.synchronize.Event) -> None:
+    """A competing CPU-bound process."""
+    x = 0
+    while not stop.is_set():
+        for _ in range(100_000):
+            x += 1
+
+
+@contextlib.contextmanager
+def competing(active: bool) -> Iterator[None]:
+    stop = multiprocessing.Event()
+    rival = multiprocessing.Process(target=spin, args=(stop,)) if active else None
+    if rival:
+        rival.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        if rival:
+            rival.join()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--large", type=int, default=24, help="12 MP JPEGs")
     parser.add_argument("--small", type=int, default=160, help="0.3 MP JPEGs")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--compete", action="store_true", help="also run clipdex beside a CPU-bound process")
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "clipdex-bench")
     args = parser.parse_args()
     model_id = vit_b_32(args.work)
-    encoder = models.load_encoder(models.EncoderSpec(model=model_id))
+    encoders = {rt: models.load_encoder(models.EncoderSpec(model=model_id, runtime=rt)) for rt in ("torch", "openvino")}
     print(
-        f"ViT-B-32 (random weights), {encoder.precision} on {encoder.device}, batch {encoder.batch_size}, "
+        f"ViT-B-32 (random weights), bf16 on the CPU, batch {encoders['torch'].batch_size}, "
         f"{default_workers()} decode workers, torch threads {torch.get_num_threads()}, "
-        f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}"
+        f"default runtime here: {models.resolve_runtime(models.EncoderSpec(model=model_id))}"
     )
     methods = {
         "naive loop": naive_loop(model_id),
         "lancedb open-clip": lancedb_function(model_id),
-        "clipdex": clipdex(model_id),
-        "decode only": decode_only(encoder.transform),
+        "clipdex torch": clipdex(model_id, "torch"),
+        "clipdex openvino": clipdex(model_id, "openvino"),
+        "decode only": decode_only(encoders["torch"].transform),
     }
+    rivals = ["clipdex torch", "clipdex openvino"]
     for label, n, megapixels in (("12 MP JPEG", args.large, 12.0), ("0.3 MP JPEG", args.small, 0.3)):
         folder = args.work / f"{megapixels}mp-{n}"
         paths = image_folder(folder, n, megapixels)
@@ -133,15 +162,23 @@ def main() -> None:
         for _ in range(args.repeats):
             for name, fn in methods.items():
                 best[name] = max(best.get(name, 0.0), steady_rate(fn, folder, one, n))
-            best["model only"] = max(best.get("model only", 0.0), model_only(encoder, 96))
-        limit = 1 / (1 / best["decode only"] + 1 / best["model only"])
+            for rt, encoder in encoders.items():
+                best[f"model only {rt}"] = max(best.get(f"model only {rt}", 0.0), model_only(encoder, 96))
+            if args.compete:
+                with competing(True):
+                    for name in rivals:
+                        key = f"{name}, competing"
+                        best[key] = max(best.get(key, 0.0), steady_rate(methods[name], folder, one, n))
+        model = max(best["model only torch"], best["model only openvino"])
+        limit = 1 / (1 / best["decode only"] + 1 / model)
         rows = [("method", "img/s", "x naive", "/ limit")]
-        for name in ("naive loop", "lancedb open-clip", "clipdex", "decode only", "model only"):
-            rows.append((name, f"{best[name]:.1f}", f"{best[name] / best['naive loop']:.1f}", ""))
-        rows.append(("limit (decode+model)", f"{limit:.1f}", f"{limit / best['naive loop']:.1f}", "1.00"))
-        rows[3] = (*rows[3][:3], f"{best['clipdex'] / limit:.2f}")
+        names = ["naive loop", "lancedb open-clip", *rivals, "decode only", "model only torch", "model only openvino"]
+        names += [f"{name}, competing" for name in rivals] if args.compete else []
+        for name in names:
+            ratio = f"{best[name] / limit:.2f}" if name.startswith("clipdex") else ""
+            rows.append((name, f"{best[name]:.1f}", f"{best[name] / best['naive loop']:.1f}", ratio))
+        rows.append(("limit (decode+best model)", f"{limit:.1f}", f"{limit / best['naive loop']:.1f}", "1.00"))
         print(f"\n{label}, {n} images, best of {args.repeats}:\n{table(rows)}")
-        print(f"clipdex / model only: {best['clipdex'] / best['model only']:.2f}")
 
 
 if __name__ == "__main__":

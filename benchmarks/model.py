@@ -23,8 +23,11 @@ import torch
 from common import table
 
 import models
-from models.exported import export_folder, find_export, import_openvino
+from models.exported import OV_PRECISION, export_folder, find_export, import_openvino
+from models.hardware import cpu_precision
 from tests.tiny_model import TINY_PREPROCESS, save_model_dir
+
+PRECISION = cpu_precision("auto")  # what clipdex runs here: bf16 with AMX / AVX-512 BF16, else fp32
 
 
 def model_dir(work: Path, name: str) -> str:
@@ -53,13 +56,15 @@ def rate(fn: Callable[[], np.ndarray], n: int) -> tuple[float, np.ndarray]:
 def methods(model_id: str, pixels: np.ndarray) -> dict[str, Callable[[], np.ndarray]]:
     spec = models.EncoderSpec(model=model_id, device="cpu")
     ref = models.load_encoder(spec.with_(precision="fp32", runtime="torch"))
-    bf16 = models.load_encoder(spec.with_(precision="bf16", runtime="torch"))
-    exported = models.load_encoder(spec.with_(precision="bf16", runtime="openvino"))
+    exported = models.load_encoder(spec.with_(precision=PRECISION, runtime="openvino"))
+    fast = models.load_encoder(spec.with_(precision=PRECISION, runtime="torch")) if PRECISION != "fp32" else ref
     export = find_export(export_folder(spec, "fp16"))
     assert export is not None
     ov = import_openvino()
     compiled = ov.Core().compile_model(
-        str(export.folder / "image.xml"), "CPU", {"PERFORMANCE_HINT": "THROUGHPUT", "INFERENCE_PRECISION_HINT": "bf16"}
+        str(export.folder / "image.xml"),
+        "CPU",
+        {"PERFORMANCE_HINT": "THROUGHPUT", "INFERENCE_PRECISION_HINT": OV_PRECISION[PRECISION]},
     )
     requests = int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
     mean = np.array(ref.transform.mean, np.float32).reshape(1, 3, 1, 1) * 255
@@ -86,13 +91,13 @@ def methods(model_id: str, pixels: np.ndarray) -> dict[str, Callable[[], np.ndar
 
         return run
 
-    return {
-        "torch fp32 (raw)": torch_model(ref, torch.float32),
-        "torch bf16 (raw)": torch_model(bf16, torch.bfloat16),
-        "openvino bf16 (raw)": raw_openvino,
-        "clipdex torch bf16": lambda: bf16.embed_pixels(pixels),
-        "clipdex openvino bf16": lambda: exported.embed_pixels(pixels),
-    }
+    fns = {"torch fp32 (raw)": torch_model(ref, torch.float32)}
+    if PRECISION != "fp32":
+        fns[f"torch {PRECISION} (raw)"] = torch_model(fast, torch.bfloat16)
+    fns[f"openvino {PRECISION} (raw)"] = raw_openvino
+    fns[f"clipdex torch {PRECISION}"] = lambda: fast.embed_pixels(pixels)
+    fns[f"clipdex openvino {PRECISION}"] = lambda: exported.embed_pixels(pixels)
+    return fns
 
 
 def main() -> None:
@@ -133,7 +138,10 @@ def main() -> None:
         for label in fns:
             speeds = [f"{best[(label, load)]:.1f}" for load in loads]
             rows.append([label, *speeds, f"{best[(label, 'quiet')] / fastest['quiet']:.2f}", f"{cosine[label]:.5f}"])
-        print(f"\n{name}, batch {args.batch}, {torch.get_num_threads()} torch threads, best of {args.rounds} rounds")
+        print(
+            f"\n{name}, batch {args.batch}, {PRECISION} (auto here), {torch.get_num_threads()} torch threads, "
+            f"best of {args.rounds} rounds"
+        )
         print(table(rows))
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import socket
@@ -144,13 +145,16 @@ def load_encoder(spec: EncoderSpec) -> OpenClipEncoder:
     precision = resolve_precision(spec.precision, device)
     with _hub_access(spec), _quiet_root_logger():
         try:
-            model = open_clip.create_model(spec.model, pretrained=spec.pretrained or None, device="cpu")
+            # open_clip's own precision handling: fp16 / bf16 weights with LayerNorms kept in fp32
+            # (the original CLIP's mixed precision), rather than casting the whole model.
+            model = open_clip.create_model(
+                spec.model, pretrained=spec.pretrained or None, device=device, precision=precision
+            )
             tokenizer = open_clip.get_tokenizer(spec.model)
         except ModelError:
             raise
         except Exception as exc:  # open_clip raises bare RuntimeError/ValueError/OSError
             raise _explain(spec, exc) from exc
-    model = model.to(device=device, dtype=DTYPES[precision])
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     transform = ImageTransform.from_open_clip(dict(model.visual.preprocess_cfg))
@@ -210,16 +214,23 @@ def _hub_reachable() -> bool:
 
 @contextlib.contextmanager
 def _hub_access(spec: EncoderSpec) -> Iterator[None]:
-    """Use the Hugging Face cache only (offline mode) when the hub cannot be reached."""
-    if not _needs_hub(spec) or hf_constants.HF_HUB_OFFLINE or _hub_reachable():
+    """Use the Hugging Face cache only (offline mode) for a local folder, and when the hub cannot be
+    reached: a local-dir: model never waits on the network (its text tower may name a hub model)."""
+    local = spec.model.startswith("local-dir:")
+    if not local and (not _needs_hub(spec) or hf_constants.HF_HUB_OFFLINE or _hub_reachable()):
         yield
         return
-    saved = hf_constants.HF_HUB_OFFLINE
+    saved, saved_env = hf_constants.HF_HUB_OFFLINE, os.environ.get("HF_HUB_OFFLINE")
     hf_constants.HF_HUB_OFFLINE = True
+    os.environ["HF_HUB_OFFLINE"] = "1"  # read by transformers
     try:
         yield
     finally:
         hf_constants.HF_HUB_OFFLINE = saved
+        if saved_env is None:
+            os.environ.pop("HF_HUB_OFFLINE", None)
+        else:
+            os.environ["HF_HUB_OFFLINE"] = saved_env
 
 
 @contextlib.contextmanager
@@ -233,9 +244,44 @@ def _quiet_root_logger() -> Iterator[None]:
         logging.disable(previous)
 
 
+def _missing_module(exc: BaseException) -> str:
+    """The top-level package whose import failed somewhere in exc's chain ('' if none)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ImportError) and seen.name:
+            return seen.name.split(".")[0]
+        seen = seen.__cause__ or seen.__context__
+    return ""
+
+
+def _hub_text_model(spec: EncoderSpec) -> str:
+    """The Hugging Face model a local folder's text tower is built from ('' if none)."""
+    if not spec.model.startswith("local-dir:"):
+        return ""
+    config = Path(spec.model.removeprefix("local-dir:")).expanduser() / "open_clip_config.json"
+    try:
+        text_cfg = json.loads(config.read_text())["model_cfg"].get("text_cfg", {})
+    except (OSError, ValueError, KeyError, AttributeError):
+        return ""
+    return str(text_cfg.get("hf_model_name") or "")
+
+
 def _explain(spec: EncoderSpec, exc: Exception) -> ModelError:
     """Turn open_clip's errors into one line that says what to do."""
     first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    missing = _missing_module(exc)
+    if missing:
+        return ModelUnavailable(
+            f"{spec.label} needs the Python package {missing!r} (its tokenizer or text tower comes from it), "
+            f"which is not installed; pip install {missing}, or reinstall clipdex, which depends on it"
+        )
+    hub_model = _hub_text_model(spec)
+    if hub_model:
+        return ModelUnavailable(
+            f"--model {spec.model}: its text tower is the Hugging Face model {hub_model!r}, whose config is not "
+            f"in the Hugging Face cache and cannot be downloaded here; run once with internet, or copy the cache "
+            f"(HF_HUB_CACHE) from a machine that has it ({first_line})"
+        )
     if spec.model.startswith("local-dir:"):
         return ModelNotFound(f"--model {spec.model}: cannot load it ({first_line}); {LOCAL_DIR_HINT}")
     if _needs_hub(spec):

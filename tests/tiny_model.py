@@ -53,3 +53,51 @@ def vit_b_32_dir(folder: Path, seed: int = 0) -> Path:
     model_cfg = open_clip.get_model_config("ViT-B-32")
     assert model_cfg is not None
     return save_model_dir(folder, model_cfg, {**TINY_PREPROCESS, "size": 224}, seed)
+
+
+SIGLIP_WORDS = (
+    "<pad>",
+    "<unk>",
+    "</s>",
+    *["a", "photo", "of", "dog", "cat", "beach", "red", "car", "sunset", "the", "on", "at"],
+)
+
+
+def hf_tokenizer_model_dir(folder: Path, seed: int = 0) -> Path:
+    """A tiny SigLIP-style model: its text tokenizer is a Hugging Face one, built here and saved in
+    the folder (as open_clip expects for local-dir: models with hf_tokenizer_name), a logit bias,
+    last-token pooling without a causal mask."""
+    from tokenizers import Tokenizer, normalizers, pre_tokenizers  # noqa: PLC0415 - transformers' parts
+    from tokenizers.models import WordLevel  # noqa: PLC0415
+    from transformers import PreTrainedTokenizerFast  # noqa: PLC0415
+
+    text_cfg = {
+        **TINY_CONFIG["text_cfg"],
+        "vocab_size": 64,
+        "context_length": 16,
+        "hf_tokenizer_name": "timm/ViT-B-16-SigLIP",  # any name: for local-dir: the folder's files are used
+        "tokenizer_kwargs": {"clean": "canonicalize"},
+        "pool_type": "last",
+        "no_causal_mask": True,
+    }
+    save_model_dir(folder, {**TINY_CONFIG, "init_logit_bias": -10, "text_cfg": text_cfg}, TINY_PREPROCESS, seed)
+    tokenizer = Tokenizer(WordLevel({w: i for i, w in enumerate(SIGLIP_WORDS)}, unk_token="<unk>"))
+    tokenizer.normalizer = normalizers.Lowercase()
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="<pad>", unk_token="<unk>", eos_token="</s>")
+    fast.save_pretrained(folder)
+    return folder
+
+
+def hub_text_tower_dir(folder: Path) -> Path:
+    """A folder whose text tower is the Hugging Face model xlm-roberta-base (multilingual CLIP's)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    text_cfg = {
+        "hf_model_name": "xlm-roberta-base",
+        "hf_tokenizer_name": "xlm-roberta-base",
+        "hf_proj_type": "mlp",
+        "hf_pooler_type": "mean_pooler",
+    }
+    config = {"model_cfg": {**TINY_CONFIG, "text_cfg": text_cfg}, "preprocess_cfg": TINY_PREPROCESS}
+    (folder / "open_clip_config.json").write_text(json.dumps(config))
+    return folder

@@ -142,7 +142,7 @@ def main() -> None:
     model_id = vit_b_32(args.work)
     encoders = {rt: models.load_encoder(models.EncoderSpec(model=model_id, runtime=rt)) for rt in ("torch", "openvino")}
     print(
-        f"ViT-B-32 (random weights), bf16 on the CPU, batch {encoders['torch'].batch_size}, "
+        f"ViT-B-32 (random weights), {encoders['torch'].precision} on the CPU, batch {encoders['torch'].batch_size}, "
         f"{default_workers()} decode workers, torch threads {torch.get_num_threads()}, "
         f"default runtime here: {models.resolve_runtime(models.EncoderSpec(model=model_id))}"
     )

@@ -52,17 +52,45 @@ class Unsupported(Exception):
 
 
 class _Tower(torch.nn.Module):
-    def __init__(self, model: torch.nn.Module, tower: str) -> None:
+    def __init__(self, model: torch.nn.Module, tower: str, trim: bool) -> None:
         super().__init__()
         self.model = model
         self.tower = tower
+        self.trim = trim
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.tower == "text" and self.trim:
+            return _trimmed_text(self.model, x)
         encode = self.model.encode_text if self.tower == "text" else self.model.encode_image
         out = encode(x)  # type: ignore[operator]
         if not isinstance(out, torch.Tensor):
             raise Unsupported(f"its {self.tower} tower returns {type(out).__name__}, not one tensor")
         return out
+
+
+def trimmable(model: torch.nn.Module) -> bool:
+    """True for CLIP's own text tower: causal attention, pooled at the end token (the highest id).
+
+    Its output at the end token depends on no later position, so the padding after the longest
+    text of a batch can be cut off: a query of 6 tokens runs 6 positions, not 77.
+    """
+    return (
+        isinstance(model, open_clip.CLIP)
+        and getattr(model, "attn_mask", None) is not None
+        and getattr(model, "text_pool_type", "") == "argmax"
+    )
+
+
+def _trimmed_text(model: Any, text: torch.Tensor) -> torch.Tensor:
+    """open_clip's CLIP.encode_text for a text of any length up to the context (positions sliced)."""
+    length = text.shape[1]
+    x = model.token_embedding(text) + model.positional_embedding[:length]
+    x = model.transformer(x, attn_mask=model.attn_mask[:length, :length])
+    x = model.ln_final(x)
+    x = open_clip.transformer.text_global_pool(x, text, "argmax")
+    if isinstance(model.text_projection, torch.nn.Linear):
+        return model.text_projection(x)  # type: ignore[no-any-return]
+    return x @ model.text_projection  # type: ignore[no-any-return]
 
 
 def tokenizer_config(tokenizer: Any) -> dict[str, Any]:
@@ -98,14 +126,18 @@ def export_openvino(encoder: OpenClipEncoder, folder: Path, precision: str) -> E
         model = encoder._model
         h, w = encoder.transform.size
         examples = {"text": torch.from_numpy(theirs[:2]), "image": torch.zeros(2, 3, h, w)}
-        shapes = {"text": [-1, theirs.shape[1]], "image": [-1, 3, h, w]}
+        trim = trimmable(model) and not tokenizer["extra_special"]  # extra specials could outrank the end token
+        tokenizer["trim"] = trim
+        shapes = {"text": [-1, -1 if trim else theirs.shape[1]], "image": [-1, 3, h, w]}
         started = time.monotonic()
         for tower in ("text", "image"):
             with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings(), _quiet_stderr():
                 warnings.simplefilter("ignore")
                 try:
                     converted = ov.convert_model(
-                        _Tower(model, tower), example_input=examples[tower], input=[ov.PartialShape(shapes[tower])]
+                        _Tower(model, tower, trim),
+                        example_input=examples[tower],
+                        input=[ov.PartialShape(shapes[tower])],
                     )
                 except Unsupported:
                     raise

@@ -37,7 +37,7 @@ from models.spec import EncoderSpec
 from models.tokenizer import ClipTokenizer
 from models.transform import ImageTransform
 
-EXPORT_FORMAT = 1  # bump when the folder's layout or meaning changes: old exports are then rebuilt
+EXPORT_FORMAT = 2  # bump when the folder's layout or meaning changes: old exports are then rebuilt
 META = "export.json"
 VOCAB = "vocab.txt.gz"
 TOWERS = ("text", "image")
@@ -267,7 +267,12 @@ class OpenVinoEncoder:
         """Embed texts with the text tower."""
         if not texts:
             return np.zeros((0, self.dimension), np.float32)
-        return self._run("text", self.tokenizer(list(texts)))
+        tokens = self.tokenizer(list(texts))
+        if self._export.tokenizer.get("trim"):
+            # Causal text tower pooled at the end token: the padding after the longest text is cut.
+            ends = np.argmax(tokens == self.tokenizer.end_id, axis=1)
+            tokens = np.ascontiguousarray(tokens[:, : int(ends.max()) + 1])
+        return self._run("text", tokens)
 
     @property
     def tokenizer(self) -> ClipTokenizer:

@@ -208,3 +208,31 @@ def test_open_clip_tokenizer_module_is_the_reference() -> None:
     from models.tokenizer import open_clip_vocab  # noqa: PLC0415
 
     assert open_clip_vocab() == Path(open_clip.tokenizer.default_bpe())
+
+
+def test_cheap_mistakes_are_answered_before_any_model_loads(
+    lib: Any, photos: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lib.ingest([photos])
+    db = lib.collection.uri
+
+    def refuse(spec: EncoderSpec) -> None:
+        raise RuntimeError("a model was loaded")
+
+    monkeypatch.setattr("models.load_encoder", refuse)
+    runner = CliRunner()
+    cases = [
+        (["search", "a dog", "--where", "widht > 3"], "widht"),
+        (["search", "a dog", "+", "missing.jpg", "--where", "width > 3"], None),  # a word: searched as text
+        (["search", "a dog", "--like", str(tmp_path / "missing.jpg")], "missing.jpg does not exist"),
+        (["similar", str(tmp_path / "missing.jpg")], "missing.jpg does not exist"),
+        (["similar", "--id", "0000000000000000"], "no image with this id"),
+        (["search", "   "], "the search text is empty"),
+    ]
+    for args, message in cases:
+        result = runner.invoke(cli, [*args, "--db", db])
+        if message is None:
+            assert "a model was loaded" in str(result.exception), args  # this one needs the model
+            continue
+        assert result.exit_code == 1, (args, result.output)
+        assert message in result.output, (args, result.output)

@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/memory.py [--images 20000]
     .venv/bin/python benchmarks/memory.py --tiny --images 50000 --compare 5000
+    .venv/bin/python benchmarks/memory.py --images 1500 --runtimes torch,openvino
 
 Runs `clipdex ingest` (ViT-B-32 architecture, random weights, default settings) as a separate
 process and samples the resident memory of it and its children every 0.2 s from /proc; prints
@@ -42,11 +43,11 @@ def tree_rss_mb(pid: int) -> float:
     return total / 1024
 
 
-def measure(folder: Path, model_id: str) -> tuple[float, list[float], float, str]:
+def measure(folder: Path, model_id: str, runtime: str = "auto") -> tuple[float, list[float], float, str]:
     """Peak RSS, peak per quarter, wall seconds and the JSON summary of one `clipdex ingest`."""
     with tempfile.TemporaryDirectory() as tmp:
         command = [str(Path(sys.executable).parent / "clipdex"), "ingest", str(folder), "--db", f"{tmp}/db"]
-        command += ["--model", model_id, "--json"]
+        command += ["--model", model_id, "--json", "--runtime", runtime]
         started = time.monotonic()
         process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=os.environ)
         samples: list[tuple[float, float]] = []
@@ -76,6 +77,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=20_000)
     parser.add_argument("--tiny", action="store_true", help="16x12 files and the tests' tiny model")
     parser.add_argument("--compare", type=int, help="also ingest this many files and compare the peaks")
+    parser.add_argument("--runtimes", default="auto", help="comma-separated: each runtime ingests the folder")
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "clipdex-bench")
     args = parser.parse_args()
     model_id = f"local-dir:{tiny_model_dir(args.work / 'tiny-model')}" if args.tiny else vit_b_32(args.work)
@@ -88,12 +90,13 @@ def main() -> None:
             folder = args.work / f"small-{count}"
             image_folder(folder, count, 0.05)
         print(f"{count} images ready in {folder} ({time.monotonic() - started:.0f} s)", flush=True)
-        peak, quarters, elapsed, last = measure(folder, model_id)
-        peaks[count] = peak
-        print(f"ingest: {last}")
-        print(f"wall {elapsed:.0f} s, {count / elapsed:.1f} img/s including start-up")
-        per_quarter = ", ".join(f"{q:.0f}" for q in quarters)
-        print(f"peak RSS (process + workers): {peak:.0f} MiB; peak per quarter of the run: {per_quarter} MiB")
+        for runtime in args.runtimes.split(","):
+            peak, quarters, elapsed, last = measure(folder, model_id, runtime)
+            peaks[count] = peak
+            print(f"runtime {runtime}, ingest: {last}")
+            print(f"wall {elapsed:.0f} s, {count / elapsed:.1f} img/s including start-up")
+            per_quarter = ", ".join(f"{q:.0f}" for q in quarters)
+            print(f"peak RSS (process + workers): {peak:.0f} MiB; peak per quarter of the run: {per_quarter} MiB")
     if args.compare:
         ratio = peaks[args.images] / peaks[args.compare]
         print(f"peak at {args.images} files / peak at {args.compare} files: {ratio:.2f}")

@@ -53,6 +53,44 @@ def rate(fn: Callable[[], np.ndarray], n: int) -> tuple[float, np.ndarray]:
     return n / (time.perf_counter() - start), out
 
 
+def onnx_runtime(encoder: object, x: np.ndarray) -> Callable[[], np.ndarray] | None:
+    """ONNX Runtime on the same image tower (torch.onnx export), where onnxruntime is installed: the
+    other runtime the issue asked to measure against OpenVINO."""
+    try:
+        import onnxruntime  # noqa: PLC0415 - optional, for this comparison only
+    except ImportError:
+        return None
+    model = encoder._model  # type: ignore[attr-defined]
+
+    class Image(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model  # a submodule: its weights are the graph's parameters
+
+        def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+            return self.model.encode_image(pixels)  # type: ignore[no-any-return]
+
+    path = Path(tempfile.mkdtemp()) / "image.onnx"
+    # With gradients on: in no_grad mode nn.MultiheadAttention takes a fused path that ONNX cannot export.
+    with torch.enable_grad():
+        torch.onnx.export(
+            Image(),
+            (torch.from_numpy(x[:2]),),
+            str(path),
+            dynamo=False,
+            input_names=["pixels"],
+            dynamic_axes={"pixels": {0: "n"}},
+        )
+    options = onnxruntime.SessionOptions()
+    session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+    def run() -> np.ndarray:
+        out = session.run(None, {"pixels": x})[0]
+        return out / np.linalg.norm(out, axis=1, keepdims=True)  # type: ignore[no-any-return]
+
+    return run
+
+
 def methods(model_id: str, pixels: np.ndarray) -> dict[str, Callable[[], np.ndarray]]:
     spec = models.EncoderSpec(model=model_id, device="cpu")
     ref = models.load_encoder(spec.with_(precision="fp32", runtime="torch"))
@@ -92,6 +130,9 @@ def methods(model_id: str, pixels: np.ndarray) -> dict[str, Callable[[], np.ndar
         return run
 
     fns = {"torch fp32 (raw)": torch_model(ref, torch.float32)}
+    onnx = onnx_runtime(ref, x)
+    if onnx is not None:
+        fns["onnxruntime fp32 (raw)"] = onnx
     if PRECISION != "fp32":
         fns[f"torch {PRECISION} (raw)"] = torch_model(fast, torch.bfloat16)
     fns[f"openvino {PRECISION} (raw)"] = raw_openvino

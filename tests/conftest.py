@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
 import socket
@@ -52,6 +53,9 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, export_cache: Pat
         if name.startswith("CLIPDEX_"):
             monkeypatch.delenv(name)
     monkeypatch.setenv("CLIPDEX_CACHE", str(export_cache))
+    # The CLI stops the encoder's notes from reaching the root logger (it prints them itself);
+    # caplog listens there.
+    monkeypatch.setattr(logging.getLogger("models"), "propagate", True)
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg-config"))
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg-data"))
     monkeypatch.setenv("CLIPDEX_WORKERS", "0")

@@ -161,6 +161,7 @@ def _say_model_notes() -> None:
     if not any(isinstance(h, _EchoHandler) for h in logger.handlers):
         logger.addHandler(_EchoHandler())
     logger.setLevel(logging.INFO)
+    logger.propagate = False  # said once, even where a library configured the root logger
 
 
 @cli.command()

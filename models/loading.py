@@ -94,3 +94,11 @@ def _export(spec: EncoderSpec, folder: Path, precision: str) -> tuple[Export | N
         exporter.record_unsupported(folder, str(exc))
         log.info(f"{spec.label} stays on torch: {exc}")
         return None, str(exc)
+    except (OSError, RuntimeError) as exc:  # a cache folder that cannot be written, OpenVINO failing
+        # Nothing is recorded: the next run tries again (the disk may have room by then).
+        reason = (
+            f"cannot export it into {folder.parent} ({type(exc).__name__}: {exc}); "
+            "set CLIPDEX_CACHE to a writable folder"
+        )
+        log.info(f"{spec.label} runs on torch this time: {reason}")
+        return None, reason

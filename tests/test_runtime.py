@@ -236,3 +236,17 @@ def test_cheap_mistakes_are_answered_before_any_model_loads(
             continue
         assert result.exit_code == 1, (args, result.output)
         assert message in result.output, (args, result.output)
+
+
+def test_an_unwritable_cache_runs_on_torch_not_a_crash(
+    tiny_model: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the cache folder would be")
+    monkeypatch.setenv("CLIPDEX_CACHE", str(blocker))
+    caplog.set_level("INFO", logger="models")
+    encoder = models.load_encoder(EncoderSpec(model=tiny_model, device="cpu"))
+    assert encoder.runtime == "torch" and encoder.embed_texts(["a dog"]).shape == (1, 32)
+    assert any("runs on torch this time: cannot export it into" in m for m in caplog.messages)
+    with pytest.raises(ModelError, match=r"set CLIPDEX_CACHE to a writable folder; use --runtime torch"):
+        models.load_encoder(EncoderSpec(model=tiny_model, runtime="openvino"))

@@ -73,11 +73,6 @@ class Clipdex:
         assert self._encoder is not None
         return self._encoder
 
-    @property
-    def encoder_loaded(self) -> bool:
-        """True once the model is loaded."""
-        return self._encoder is not None
-
     def _adopt(self, encoder: Encoder) -> None:
         stored = Fingerprint.from_json(self.collection.model)
         if stored != encoder.fingerprint:

@@ -131,6 +131,7 @@ def export_openvino(encoder: OpenClipEncoder, folder: Path, precision: str) -> E
         shapes = {"text": [-1, -1 if trim else theirs.shape[1]], "image": [-1, 3, h, w]}
         started = time.monotonic()
         for tower in ("text", "image"):
+            # Tracing fails inside inference mode (a caller may be in it); gradients are not needed.
             with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings(), _quiet_stderr():
                 warnings.simplefilter("ignore")
                 try:

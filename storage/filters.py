@@ -3,6 +3,7 @@ LanceDB's errors about them turned into one line that names the columns."""
 
 from __future__ import annotations
 
+import difflib
 import re
 
 from storage.errors import BadFilter, first_line
@@ -19,6 +20,8 @@ ALLOWED_FUNCTIONS = frozenset(
      "regexp_match", "to_timestamp", "now", "greatest", "least", "timestamp", "date"}
 )  # fmt: skip
 SQL_WORDS = frozenset({"and", "or", "not", "in", "is", "like", "ilike", "between", "as", "then", "else", "when"})
+# Columns clipdex keeps for itself: never offered in an error message.
+INTERNAL_COLUMNS = frozenset({"vector", "caption_vector", "mtime_ns", "hash", "caption_stamp", "file_id"})
 BUILT_IN_COLUMNS = (
     "id, path, size, mtime_ns, width, height, format, taken_at, description, caption, caption_source, ingested_at"
 )
@@ -86,10 +89,21 @@ def with_timestamps(where: str) -> str:
 
 def bad_filter(where: str | None, exc: Exception) -> BadFilter:
     """LanceDB's error about a filter, as one line that says what can be filtered on (never the
-    library's source paths)."""
+    library's source paths, nor the columns only clipdex itself uses)."""
     reason = re.split(r",? /(?:root|rustc|home|usr)/\S*", first_line(exc))[0]
-    if "Valid fields" in reason:  # LanceDB already names the columns
-        return BadFilter(f"--where {where!r}: {reason}")
+    unknown = re.search(r"No field named ([\w.\"]+)\. Valid fields are (.*?)\.?$", reason)
+    if unknown:  # LanceDB names the columns, the internal ones too
+        name = unknown.group(1).strip('"').split(".")[-1]
+        fields = [f.strip("` ") for f in unknown.group(2).split(",")]
+        shown = [f for f in fields if f and f not in INTERNAL_COLUMNS]
+        close = difflib.get_close_matches(name, shown, n=1)
+        hint = (
+            f"; did you mean {close[0]}?"
+            if close
+            else "; tags and clusters are columns made by clipdex classify --store and clipdex cluster "
+            "(a reembed drops them: run those again)."
+        )
+        return BadFilter(f"--where {where!r}: no column named {name}{hint} Columns: {', '.join(shown)}")
     return BadFilter(f"--where {where!r}: {reason}; filter on {BUILT_IN_COLUMNS} (SQL, strings in single quotes)")
 
 

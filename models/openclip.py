@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import difflib
 import json
 import logging
 import os
@@ -166,6 +167,15 @@ def available_models() -> list[str]:
     return list(open_clip.list_models())
 
 
+def nearest_names(name: str, known: list[str], n: int = 6) -> list[str]:
+    """The known names closest to a misspelt one (difflib, ignoring case), then those containing it."""
+    by_lower = {k.lower(): k for k in known}
+    wanted = name.lower().replace("/", "-")
+    close = [by_lower[m] for m in difflib.get_close_matches(wanted, list(by_lower), n=n, cutoff=0.6)]
+    close += [k for k in known if wanted in k.lower() and k not in close]
+    return close[:n]
+
+
 def _check_exists(spec: EncoderSpec) -> None:
     """Catch unknown names, tags and folders before any download is attempted."""
     if spec.model.startswith("local-dir:"):
@@ -180,14 +190,16 @@ def _check_exists(spec: EncoderSpec) -> None:
         return
     known = available_models()
     if spec.model not in known:
-        close = [m for m in known if spec.model.lower().replace("/", "-") in m.lower()][:8]
+        close = nearest_names(spec.model, known)
         hint = f"did you mean {', '.join(close)}?" if close else f"known: {', '.join(known[:12])}, ..."
         raise ModelNotFound(f"--model {spec.model}: open_clip has no such model; {hint}")
     tags = list(open_clip.list_pretrained_tags_by_model(spec.model))
     if spec.pretrained and spec.pretrained not in tags and not os.path.isfile(spec.pretrained):
+        close = nearest_names(spec.pretrained, tags)
+        hint = f"did you mean {', '.join(close)}? " if close else ""
         raise ModelNotFound(
             f"--pretrained {spec.pretrained}: not a tag of {spec.model} nor a checkpoint file; "
-            f"tags: {', '.join(tags) or 'none'}"
+            f"{hint}tags: {', '.join(tags) or 'none'}"
         )
     if not spec.pretrained:
         raise ModelNotFound(

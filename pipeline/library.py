@@ -3,32 +3,43 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 import threading
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 
 import models
 from models import DEFAULT_MODEL, DEFAULT_PRETRAINED, Encoder, EncoderSpec, Fingerprint
+from pipeline.analyse.duplicates import BURST_SECONDS, NEAR, SIMILAR, DuplicateGroup, find_duplicates
 from pipeline.config import TARGETS, Settings, load_settings
-from pipeline.errors import BadQuery, BadQueryImage, EngineError, InputNotFound, ModelMismatch
+from pipeline.errors import BadOption, BadQuery, BadQueryImage, EngineError, InputNotFound, ModelMismatch
 from pipeline.ingest.captions import read_manifest
 from pipeline.ingest.decode import DecodeFailed, decode_file
 from pipeline.ingest.local import LocalEngine
 from pipeline.ingest.plan import IngestOptions
-from pipeline.ingest.progress import ProgressFn
+from pipeline.ingest.progress import Progress, ProgressFn
 from pipeline.ingest.sources import is_uri
 from pipeline.ingest.sync import Engine, Ingester, IngestReport
+from pipeline.ingest.video import DEFAULT_INTERVAL_S, DEFAULT_MAX_FRAMES, Sampling
+from pipeline.maintain.export import ExportReport
+from pipeline.maintain.export import export as export_rows
 from pipeline.maintain.verify import VerifyReport, verify
 from pipeline.maintain.verify import repair as run_repair
 from pipeline.query import Term, parse_terms
-from storage import Collection, CollectionNotFound, Hit, Stats
+from storage import Collection, CollectionNotFound, Hit, Moment, Stats
+from storage.collection import IndexState
+from storage.filters import sql_str
 
 TEXT_CACHE_SIZE = 1024
+KINDS = ("image", "video")  # --kind
+MOMENTS_PER_VIDEO = 20  # other matching moments listed per video hit (--moments)
+MAX_FETCH = 10_000  # rows a search reads at most while gathering k distinct files
 # Captions that fit any picture: a result must match the query better than these to count.
 GENERIC_CAPTIONS = ("a photo", "an image", "a picture", "a photo of something", "a blurry photo")
 _COLUMNS = {"image": ("vector",), "caption": ("caption_vector",), "both": ("vector", "caption_vector")}
@@ -134,6 +145,9 @@ class Clipdex:
         prune_empty: bool = False,
         progress: ProgressFn | None = None,
         stop: threading.Event | None = None,
+        video_interval: float | None = None,
+        video_max_frames: int | None = None,
+        command: str = "ingest",
     ) -> IngestReport:
         """Bring the collection in line with these folders and files (new, changed, moved, deleted).
 
@@ -142,6 +156,9 @@ class Clipdex:
         otherwise taken for an unmounted drive.
         stop: set it (from a signal handler, another thread) to stop after the batch being written;
         the report then says interrupted, and the next run does the rest.
+        video_interval: a video moment at least every this many seconds (default 2); video_max_frames:
+        moments per video at most (default 300), spread over the whole video.
+        command: what holds the collection's lock meanwhile, as another writer is told ("watch").
         Raises CollectionBusy when another process is writing to the collection.
         """
         roots = []
@@ -155,6 +172,7 @@ class Clipdex:
             # One spelling per file: a symlinked root is stored under its real path.
             roots.append(os.path.realpath(root))
         manifest = read_manifest(captions) if isinstance(captions, (str, Path)) else captions
+        sampling = video_sampling(video_interval, video_max_frames)
         s = self.settings
         options = IngestOptions(
             include=s.include,
@@ -166,18 +184,30 @@ class Clipdex:
             prune_empty=prune_empty,
             commit_rows=s.commit_rows,
             follow_links=s.follow_links,
+            video=sampling,
         )
         engine: Engine = LocalEngine()
         if s.engine == "ray":
             engine = self._ray_engine()
             # Hashing files to find moves stays here, in this machine's decode processes.
             options = dataclasses.replace(options, workers=Settings().decode_workers)
-        ingester = Ingester(self.collection, self.encoder, options, engine, stop)
-        with self.collection.writer("ingest"):
+        ingester = Ingester(self.collection, self.loaded_encoder(progress), options, engine, stop)
+        with self.collection.writer(command):
             report = ingester.run(roots, progress)
             if not report.interrupted:
                 ingester.finish(s.index_threshold, report)
+                self.collection.record_ingest(roots, datetime.now(UTC))
         return report
+
+    def loaded_encoder(self, progress: ProgressFn | None = None) -> Encoder:
+        """The encoder, loaded now if it is not yet, said to progress (phase 'model') while it loads:
+        seconds, even minutes for a first download, that would otherwise look like a hang."""
+        if self._encoder is not None or self._spec is None or progress is None:
+            return self.encoder
+        progress(Progress("model", 0, 1, self._spec.label))
+        encoder = self.encoder
+        progress(Progress("model", 1, 1, self._spec.label))
+        return encoder
 
     def _ray_engine(self) -> Engine:
         from pipeline.ingest.ray import RayEngine, RayOptions, start_ray  # noqa: PLC0415 - Ray is optional
@@ -230,12 +260,18 @@ class Clipdex:
         where: str | None = None,
         min_score: float | None = None,
         target: str = "image",
+        kind: str | None = None,
+        moments: bool = False,
     ) -> list[Hit]:
-        """Images that match a text, best first; target 'image', 'caption' or 'both' vectors."""
+        """Images (and video moments) that match a text, best first; target 'image', 'caption' or
+        'both' vectors; kind 'image' or 'video' keeps only those; see search_vector for videos."""
         if not text.strip():
             raise BadQuery("the search text is empty; give some words, e.g. clipdex search 'a dog'")
-        self.check_request(where, target)
-        return self.search_vector(self.embed_text(text), k=k, where=where, min_score=min_score, target=target)
+        self.check_request(where, target, kind)
+        vector = self.embed_text(text)
+        return self.search_vector(
+            vector, k=k, where=where, min_score=min_score, target=target, kind=kind, moments=moments
+        )
 
     def query(
         self,
@@ -247,6 +283,8 @@ class Clipdex:
         target: str = "image",
         within: float | None = None,
         honest: bool = False,
+        kind: str | None = None,
+        moments: bool = False,
     ) -> list[Hit]:
         """Images that match a weighted mix of texts, image files and stored images, best first.
 
@@ -259,13 +297,22 @@ class Clipdex:
         "./photo.jpg", "-", "crowd", or one string "beach + ./photo.jpg"), and Paths (images).
         """
         terms = as_terms(terms)
-        self.check_request(where, target)
+        self.check_request(where, target, kind)
         for term in terms:
             if term.kind == "image":
                 _check_image_file(term.value)
         vector = self.query_vector(terms)
-        ids = [t.value for t in terms if t.kind == "id"]
-        hits = self.search_vector(vector, k=k, where=where, min_score=min_score, target=target, exclude_ids=ids)
+        files = [self._file_of(t.value) for t in terms if t.kind == "id"]
+        hits = self.search_vector(
+            vector,
+            k=k,
+            where=where,
+            min_score=min_score,
+            target=target,
+            exclude_files=files,
+            kind=kind,
+            moments=moments,
+        )
         if within is not None and hits:
             hits = [h for h in hits if h.score >= hits[0].score - within]
         if honest and hits and any(t.kind == "text" and t.weight > 0 for t in terms):
@@ -319,24 +366,51 @@ class Clipdex:
         k: int | None = None,
         where: str | None = None,
         min_score: float | None = None,
+        kind: str | None = None,
+        moments: bool = False,
     ) -> list[Hit]:
-        """Images like an image file anywhere on disk, best first."""
-        self.check_request(where)
-        return self.search_vector(self.embed_image(image), k=k, where=where, min_score=min_score)
+        """Images and video moments like an image file anywhere on disk, best first."""
+        self.check_request(where, kind=kind)
+        vector = self.embed_image(image)
+        return self.search_vector(vector, k=k, where=where, min_score=min_score, kind=kind, moments=moments)
 
     def similar_to(
-        self, image_id: str, *, k: int | None = None, where: str | None = None, min_score: float | None = None
+        self,
+        image_id: str,
+        *,
+        k: int | None = None,
+        where: str | None = None,
+        min_score: float | None = None,
+        kind: str | None = None,
+        moments: bool = False,
     ) -> list[Hit]:
-        """Images like a stored image (which is left out of the results), best first."""
+        """Images and moments like a stored image or video moment, best first; the file it belongs
+        to (a moment's whole video) is left out of the results."""
+        self.check_request(where, kind=kind)
         record = self.collection.get(image_id)
         if record is None:
             raise InputNotFound(f"--id {image_id}: no image with this id; ids are in the output of search --json")
-        return self.search_vector(record.vector, k=k, where=where, min_score=min_score, exclude_ids=[image_id])
+        return self.search_vector(
+            record.vector,
+            k=k,
+            where=where,
+            min_score=min_score,
+            exclude_files=[record.file_id or record.id],
+            kind=kind,
+            moments=moments,
+        )
 
-    def check_request(self, where: str | None, target: str = "image") -> None:
-        """Refuse a bad target or filter before any vector is computed (BadQuery, BadFilter)."""
+    def _file_of(self, row_id: str) -> str:
+        """The file a stored row belongs to (an image's own id; a moment's video)."""
+        record = self.collection.get(row_id, vectors=False)
+        return (record.file_id or record.id) if record is not None else row_id
+
+    def check_request(self, where: str | None, target: str = "image", kind: str | None = None) -> None:
+        """Refuse a bad target, kind or filter before any vector is computed (BadQuery, BadFilter)."""
         if target not in TARGETS:
             raise BadQuery(f"--target {target}: choose one of {', '.join(TARGETS)}")
+        if kind is not None and kind not in KINDS:
+            raise BadQuery(f"--kind {kind}: choose one of {', '.join(KINDS)}")
         if where:
             self.collection.check_filter(where)
 
@@ -349,21 +423,65 @@ class Clipdex:
         min_score: float | None = None,
         target: str = "image",
         exclude_ids: Sequence[str] = (),
+        exclude_files: Sequence[str] = (),
+        kind: str | None = None,
+        moments: bool = False,
     ) -> list[Hit]:
-        """The nearest images to a query vector, best first."""
+        """The nearest images to a query vector, best first.
+
+        A video counts once, at its best moment (the hit's timestamp); moments=True adds its other
+        matching moments (up to MOMENTS_PER_VIDEO, by time) as hit.moments. kind 'image' or 'video'
+        keeps only those rows; exclude_files leaves out whole files (a video's every moment).
+        """
         if target not in TARGETS:
             raise BadQuery(f"--target {target}: choose one of {', '.join(TARGETS)}")
         k = k or self.settings.k
         min_score = self.settings.min_score if min_score is None else min_score
-        best: dict[str, Hit] = {}
+        where = _with_kind(where, kind)
+        fetch = k
+        while True:
+            best: dict[str, Hit] = {}  # the best hit per file
+            full = False  # a search gave all it was asked for: there may be more files beyond
+            for column in _COLUMNS[target]:
+                hits = self.collection.search(
+                    vector,
+                    column=column,
+                    k=fetch,
+                    where=where,
+                    min_score=min_score,
+                    exclude_ids=exclude_ids,
+                    exclude_files=exclude_files,
+                )
+                full = full or len(hits) == fetch
+                for hit in hits:
+                    key = hit.file_id or hit.id
+                    if key not in best or hit.score > best[key].score:
+                        best[key] = hit
+            # A video's moments can fill the first k rows: ask for more until k files are found.
+            if len(best) >= k or not full or fetch >= MAX_FETCH:
+                break
+            fetch = min(fetch * 4, MAX_FETCH)
+        ranked = sorted(best.values(), key=lambda h: -h.score)[:k]
+        if moments:
+            ranked = [self._with_moments(h, vector, where, min_score, target) for h in ranked]
+        return ranked
+
+    def _with_moments(
+        self, hit: Hit, vector: np.ndarray, where: str | None, min_score: float | None, target: str
+    ) -> Hit:
+        """A video hit with its other matching moments, by time (an image hit as it is)."""
+        if hit.kind != "video":
+            return hit
+        own = f"file_id = {sql_str(hit.file_id)}"
+        scoped = f"({where}) AND {own}" if where else own
+        found: dict[str, Moment] = {}
         for column in _COLUMNS[target]:
-            hits = self.collection.search(
-                vector, column=column, k=k, where=where, min_score=min_score, exclude_ids=exclude_ids
-            )
-            for hit in hits:
-                if hit.id not in best or hit.score > best[hit.id].score:
-                    best[hit.id] = hit
-        return sorted(best.values(), key=lambda h: -h.score)[:k]
+            for m in self.collection.search(
+                vector, column=column, k=MOMENTS_PER_VIDEO, where=scoped, min_score=min_score
+            ):
+                if m.id != hit.id and m.timestamp is not None and (m.id not in found or m.score > found[m.id].score):
+                    found[m.id] = Moment(m.id, m.timestamp, m.score)
+        return dataclasses.replace(hit, moments=tuple(sorted(found.values(), key=lambda m: m.timestamp)))
 
     def embed_text(self, text: str) -> np.ndarray:
         """The vector of a text (the last TEXT_CACHE_SIZE texts are remembered)."""
@@ -385,6 +503,37 @@ class Clipdex:
     def stats(self) -> Stats:
         """Counts and facts about the collection."""
         return self.collection.stats()
+
+    def export(
+        self,
+        out: str | Path,
+        *,
+        format: str | None = None,
+        where: str | None = None,
+        force: bool = False,
+    ) -> ExportReport:
+        """Write every row (or those matching where) with its metadata and vectors to out, as
+        parquet, csv or npy (pipeline.maintain.export; format None: from out's suffix), streamed
+        so memory stays flat. An existing out is replaced only with force."""
+        return export_rows(self.collection, out, format=format, where=where, force=force)
+
+    def duplicates(
+        self, *, near: float = NEAR, similar: float = SIMILAR, burst_seconds: float = BURST_SECONDS
+    ) -> list[DuplicateGroup]:
+        """Groups of duplicates with their keepers (pipeline.analyse.duplicates.find_duplicates)."""
+        return find_duplicates(self.collection, near=near, similar=similar, burst_seconds=burst_seconds)
+
+
+def video_sampling(interval: float | None, max_frames: int | None) -> Sampling:
+    """How moments are taken from videos; BadOption for values that cannot work."""
+    if interval is not None and not (math.isfinite(interval) and interval > 0):
+        raise BadOption(f"--video-interval {interval:g}: give seconds above 0, e.g. --video-interval 2")
+    if max_frames is not None and max_frames < 1:
+        raise BadOption(f"--video-max-frames {max_frames}: give at least 1, e.g. --video-max-frames 300")
+    return Sampling(
+        interval=DEFAULT_INTERVAL_S if interval is None else float(interval),
+        max_frames=DEFAULT_MAX_FRAMES if max_frames is None else int(max_frames),
+    )
 
 
 def as_terms(terms: Sequence[Term | str | Path] | str) -> list[Term]:
@@ -413,6 +562,14 @@ def as_terms(terms: Sequence[Term | str | Path] | str) -> list[Term]:
     if not out:
         raise BadQuery("the query has no terms; give some words or an image")
     return out
+
+
+def _with_kind(where: str | None, kind: str | None) -> str | None:
+    """The filter, narrowed to one kind of row (image, or video moments)."""
+    if kind is None:
+        return where
+    clause = f"kind = {sql_str(kind)}"
+    return f"({where}) AND {clause}" if where else clause
 
 
 def _check_image_file(path: str | Path) -> str:
@@ -461,6 +618,25 @@ def collection_info(db: str | None = None, settings: Settings | None = None) -> 
     """Stats of a collection, without loading a model."""
     settings = (settings or load_settings()).override(db=db)
     return Collection.open(settings.db_uri).stats()
+
+
+@dataclasses.dataclass(frozen=True)
+class Details:
+    """What `clipdex info` tells beyond the counts."""
+
+    disk_bytes: int | None  # the collection folder, every kept version included; None on object storage
+    roots: tuple[str, ...]  # the folders and prefixes ever ingested
+    last_ingest: datetime | None  # when the last complete ingest finished (UTC)
+    indexes: tuple[IndexState, ...]  # none until index_threshold images: exact search
+
+
+def collection_details(db: str | None = None, settings: Settings | None = None) -> tuple[Stats, Details]:
+    """Stats of a collection and the details `clipdex info` shows, without loading a model."""
+    settings = (settings or load_settings()).override(db=db)
+    collection = Collection.open(settings.db_uri)
+    roots, last = collection.ingest_history()
+    details = Details(collection.disk_bytes(), tuple(roots), last, tuple(collection.index_states()))
+    return collection.stats(), details
 
 
 def _asked(stored: Fingerprint, asked: Fingerprint) -> str:

@@ -18,7 +18,7 @@ from storage.errors import (
     StorageError,
 )
 from storage.index import Compactor, IndexBuilder, IndexSpec
-from storage.records import CaptionUpdate, Failure, FileState, Hit, ImageRecord, Moved, Stats
+from storage.records import CaptionUpdate, Failure, FileState, Hit, ImageRecord, Moment, Moved, Stats
 
 if TYPE_CHECKING:
     from storage.arrow import conform as conform
@@ -60,6 +60,7 @@ __all__ = [
     "ImageRecord",
     "IndexBuilder",
     "IndexSpec",
+    "Moment",
     "Moved",
     "Staging",
     "Stats",

@@ -64,6 +64,10 @@ def hit_from_row(row: dict[str, Any], matched: str) -> Hit:
         format=row["format"],
         taken_at=row["taken_at"],
         matched=matched,
+        kind=row.get("kind") or "image",
+        file_id=row.get("file_id") or row["id"],
+        timestamp=row.get("timestamp"),
+        duration=row.get("duration"),
     )
 
 
@@ -72,4 +76,5 @@ def _record_row(r: ImageRecord, now: datetime) -> dict[str, Any]:
     row["vector"] = vector_list(r.vector)
     row["caption_vector"] = vector_list(r.caption_vector)
     row["ingested_at"] = r.ingested_at or now
+    row["file_id"] = r.file_id or r.id
     return row

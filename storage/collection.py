@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import os
 import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from datetime import timedelta
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any, ParamSpec, TypeVar
 
 import lancedb
@@ -47,7 +49,7 @@ os.environ.setdefault("LANCE_INCLUDE_VECTOR_CENTROIDS", "false")
 DELETE_CHUNK = 500  # values per DELETE statement, to keep the SQL short
 CAPTION_FILTER = "caption_vector IS NOT NULL"
 VECTOR_COLUMNS = ("vector", "caption_vector")
-SCALAR_INDEXED = ("id", "path")  # BTREE-indexed once the vector index is built
+SCALAR_INDEXED = ("id", "path", "file_id")  # BTREE-indexed once the vector index is built
 EXTRA_TYPES = {"string": pa.string(), "int32": pa.int32(), "float32": pa.float32()}
 EXTRA_NAME = re.compile(r"[a-z][a-z0-9_]{0,62}")
 P = ParamSpec("P")
@@ -145,15 +147,18 @@ class Collection:
 
     @_reads
     def count(self) -> int:
-        """Number of images."""
+        """Number of rows: photos and videos' moments."""
         return int(self._images.count_rows())
 
     @_reads
     def stats(self) -> Stats:
         """Counts and facts about the collection."""
+        videos, moments = self.video_counts()
         return Stats(
             uri=self.uri,
-            images=self.count(),
+            images=int(self._images.count_rows("kind = 'image'")),
+            videos=videos,
+            moments=moments,
             failures=int(self._failures.count_rows()),
             captioned=int(self._images.count_rows("caption IS NOT NULL")),
             dimension=self.dimension,
@@ -162,10 +167,22 @@ class Collection:
         )
 
     @_reads
+    def video_counts(self) -> tuple[int, int]:
+        """(videos, moments): how many video files are stored, and how many rows their moments take."""
+        table = self._images.search().where("kind = 'video'").select(["file_id"]).limit(None).to_arrow()
+        return len(set(table.column("file_id").to_pylist())), table.num_rows
+
+    @_reads
     def file_states(self) -> dict[str, FileState]:
         """path -> what sync compares, for every image (vectors are not read)."""
         table = self._images.search().select(STATE_COLUMNS).limit(None).to_arrow()
-        return {row["path"]: FileState(**row) for row in table.to_pylist()}
+        states: dict[str, FileState] = {}
+        for row in table.to_pylist():
+            if row["path"] in states:
+                continue  # another moment of the same video
+            row["id"] = row.pop("file_id") or row["id"]  # sync works by file; a video's moments follow
+            states[row["path"]] = FileState(**row)
+        return states
 
     def failure_states(self) -> dict[str, Failure]:
         """path -> the recorded failure, for every failed file."""
@@ -286,8 +303,10 @@ class Collection:
         where: str | None = None,
         min_score: float | None = None,
         exclude_ids: Sequence[str] = (),
+        exclude_files: Sequence[str] = (),
     ) -> list[Hit]:
-        """The k images closest to vector (cosine), best first, filtered by an SQL where clause."""
+        """The k rows closest to vector (cosine), best first, filtered by an SQL where clause;
+        exclude_files leaves out every row of those files (a video's moments)."""
         _check_vector_column(column)
         if where:
             check_where(where)
@@ -295,6 +314,8 @@ class Collection:
         filters = [f"({where})"] if where else []
         if exclude_ids:
             filters.append(f"id NOT IN ({', '.join(sql_str(i) for i in exclude_ids)})")
+        if exclude_files:
+            filters.append(f"file_id NOT IN ({', '.join(sql_str(i) for i in exclude_files)})")
         if column == "caption_vector":
             filters.append(CAPTION_FILTER)
         query = (
@@ -419,17 +440,18 @@ class Collection:
             self._merge(self._images, "id", table)
 
     def move(self, moves: Sequence[Moved]) -> None:
-        """Point stored rows at new paths, sizes and mtimes, keeping their vectors."""
+        """Point stored files (every row of each: a video's moments too) at new paths, sizes and
+        mtimes, keeping their vectors."""
         if moves:
             table = pa.table(
                 {
-                    "id": [m.id for m in moves],
+                    "file_id": [m.id for m in moves],
                     "path": [m.path for m in moves],
                     "size": pa.array([m.size for m in moves], pa.int64()),
                     "mtime_ns": pa.array([m.mtime_ns for m in moves], pa.int64()),
                 }
             )
-            self._merge(self._images, "id", table, insert=False)
+            self._merge(self._images, "file_id", table, insert=False)
 
     def set_captions(self, updates: Sequence[CaptionUpdate]) -> None:
         """Replace the captions (and caption vectors) of stored rows."""
@@ -479,8 +501,9 @@ class Collection:
         self._merge(self._images, "id", table, insert=False)
 
     def delete(self, ids: Iterable[str]) -> int:
-        """Remove images by id; returns how many ids were given."""
-        return self.delete_where_in(self._images, "id", ids)
+        """Remove rows by id, or whole files by file id (a video with all its moments); returns how
+        many ids were given."""
+        return self.delete_where_in(self._images, ("id", "file_id"), ids)
 
     def record_failures(self, failures: Sequence[Failure]) -> None:
         """Add failures, replacing earlier ones for the same paths."""
@@ -492,13 +515,15 @@ class Collection:
         """Forget failures of these paths (they were ingested, or are gone)."""
         self.delete_where_in(self._failures, "path", paths)
 
-    def delete_where_in(self, table: Any, column: str, values: Iterable[str]) -> int:
-        """Delete the rows of one of this collection's tables whose column is one of values, a few
-        hundred per statement; returns how many values were given."""
+    def delete_where_in(self, table: Any, column: str | tuple[str, ...], values: Iterable[str]) -> int:
+        """Delete the rows of one of this collection's tables whose column (any of the columns) is
+        one of values, a few hundred per statement; returns how many values were given."""
         values = list(values)
+        columns = (column,) if isinstance(column, str) else column
         with writing(self.uri):
             for start in range(0, len(values), DELETE_CHUNK):
-                table.delete(sql_in(column, values[start : start + DELETE_CHUNK]))
+                chunk = values[start : start + DELETE_CHUNK]
+                table.delete(" OR ".join(sql_in(c, chunk) for c in columns))
         return len(values)
 
     # --- re-embedding with another model: build a second table, then switch in one commit ----------
@@ -562,6 +587,53 @@ class Collection:
         meta = self._db.open_table(META)
         meta.update(where="key = 'schema_version'", values={"value": str(SCHEMA_VERSION)})
         self.schema_version = SCHEMA_VERSION
+
+    # --- what `clipdex info` shows ---------------------------------------------------------
+
+    def disk_bytes(self) -> int | None:
+        """Bytes the collection's folder takes on disk (all versions kept); None on object storage."""
+        if "://" in self.uri:
+            return None
+        total = 0
+        for folder, _, names in os.walk(self.uri):
+            for name in names:
+                with contextlib.suppress(OSError):  # a file compacted away meanwhile
+                    total += os.lstat(os.path.join(folder, name)).st_size
+        return total
+
+    @_reads
+    def index_states(self) -> list[IndexState]:
+        """The images table's indexes, each with the rows it covers and the rows added since."""
+        states = []
+        for config in self._images.list_indices():
+            stats = self._images.index_stats(config.name)
+            indexed, unindexed = (stats.num_indexed_rows, stats.num_unindexed_rows) if stats else (0, 0)
+            kind = stats.index_type if stats else str(config.index_type)
+            states.append(IndexState(config.name, tuple(config.columns), kind, indexed, unindexed))
+        return states
+
+    def ingest_history(self) -> tuple[list[str], datetime | None]:
+        """The folders and prefixes ever ingested, and when the last ingest finished (None: never)."""
+        roots = json.loads(self._meta.get("roots", "[]"))
+        last = self._meta.get("last_ingest")
+        return [str(r) for r in roots], datetime.fromisoformat(last) if last else None
+
+    def record_ingest(self, roots: Sequence[str], at: datetime) -> None:
+        """Remember the roots of a finished ingest and its time, for ingest_history (one commit of meta)."""
+        stored = {r["key"]: r["value"] for r in self._db.open_table(META).to_arrow().to_pylist()}
+        known = set(json.loads(stored.get("roots", "[]"))) | set(roots)  # as now, not as opened
+        self._set_meta({"roots": json.dumps(sorted(known)), "last_ingest": at.isoformat()})
+
+
+@dataclass(frozen=True)
+class IndexState:
+    """An index of the images table: rows it covers, and rows added since (searched exactly)."""
+
+    name: str
+    columns: tuple[str, ...]
+    kind: str  # IVF_HNSW_SQ, BTREE, ...
+    indexed: int
+    unindexed: int
 
 
 def _check_vector_column(column: str) -> None:

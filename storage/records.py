@@ -30,6 +30,12 @@ class ImageRecord:
     caption_vector: np.ndarray | None = field(default=None, repr=False)
     ingested_at: datetime | None = None
     caption_stamp: str | None = None  # "size:mtime_ns" of the sidecar the caption came from
+    kind: str = "image"  # image, or video: a moment of a video
+    file_id: str | None = None  # the file's id (None: id itself); a video's moments share it
+    timestamp: float | None = None  # a moment's time in its video, seconds
+    duration: float | None = None  # the video's, seconds
+    fps: float | None = None
+    codec: str | None = None
 
 
 @dataclass(frozen=True, slots=True)  # one per stored image, held during ingest planning
@@ -45,13 +51,15 @@ class FileState:
     caption: str | None
     caption_source: str | None
     caption_stamp: str | None = None
+    kind: str = "image"
 
 
 @dataclass(frozen=True)
 class Moved:
-    """A stored row whose file now lives elsewhere (or whose mtime changed but not its content)."""
+    """A stored file that now lives elsewhere (or whose mtime changed but not its content): every
+    row of the file (a video has one per moment) follows."""
 
-    id: str
+    id: str  # the file's id (file_id)
     path: str
     size: int
     mtime_ns: int
@@ -81,6 +89,20 @@ class Hit:
     format: str
     taken_at: datetime | None
     matched: str = "image"  # the vectors that gave the score: "image" or "caption"
+    kind: str = "image"  # image, or video: the hit is a moment of a video
+    file_id: str = ""  # the file's id: a video's moments share it ("" for hits made elsewhere)
+    timestamp: float | None = None  # a video moment's time, seconds
+    duration: float | None = None  # the video's length, seconds
+    moments: tuple[Moment, ...] = ()  # the video's other matching moments, by time (when asked for)
+
+
+@dataclass(frozen=True)
+class Moment:
+    """Another matching moment of a video hit."""
+
+    id: str
+    timestamp: float
+    score: float
 
 
 @dataclass(frozen=True)
@@ -99,7 +121,9 @@ class Stats:
     """Counts and facts about a collection."""
 
     uri: str
-    images: int
+    images: int  # photos (rows of kind image)
+    videos: int  # video files
+    moments: int  # rows of the videos' moments
     failures: int
     captioned: int
     dimension: int

@@ -8,13 +8,22 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
 from pipeline.errors import InputNotFound, ManifestError
-from pipeline.ingest.captions import MAX_CAPTION_CHARS, clean_caption, read_manifest, read_sidecar, xmp_description
+from pipeline.ingest.captions import (
+    MAX_CAPTION_CHARS,
+    clean_caption,
+    image_description,
+    is_boilerplate,
+    read_manifest,
+    read_sidecar,
+    xmp_description,
+)
 from tests import corpus
 
 PROPERTY = settings(
@@ -442,3 +451,163 @@ def test_read_manifest_on_arbitrary_bytes(tmp_path: Path, suffix: str, data: byt
     except ManifestError:
         return
     assert all(isinstance(k, str) and isinstance(v, str) for k, v in captions.items())
+
+
+# ---------------------------------------------------------------- camera boilerplate is not a caption
+
+EXIF_DESCRIPTION_TAG, EXIF_MAKE_TAG, EXIF_MODEL_TAG = 0x010E, 0x010F, 0x0110
+BOILERPLATE = [
+    "OLYMPUS DIGITAL CAMERA",
+    "KONICA MINOLTA DIGITAL CAMERA",
+    "SONY DSC",
+    "DCIM\\100MEDIA",
+    "DCIM/100CANON",
+    "DSC_0001",
+    "IMG_1234",
+    "IMG_20230704_181512.jpg",
+    "P1010001",
+    "<Digimax S500 / Kenox S500>",
+    "KODAK Digital Still Camera",
+    "Canon",
+    "NIKON CORPORATION",
+    "Canon PowerShot S95",
+    "EXIF_JPEG_PICTURE",
+    "   ",
+    "???",
+]
+REAL_CAPTIONS = [
+    "a dog on the beach",
+    "Sample image of a valley",
+    "picturesque harbour at dusk",
+    "Apple",  # a picture of one: Apple is a maker only when the file's EXIF says so
+    "Canon beach trip 2019",
+    "my new digital camera on the table",
+    "Kodak moment",
+]
+
+
+@pytest.mark.parametrize("text", BOILERPLATE)
+def test_camera_boilerplate_is_recognised(text: str) -> None:
+    assert is_boilerplate(text)
+
+
+@pytest.mark.parametrize("text", REAL_CAPTIONS)
+def test_real_captions_are_not_boilerplate(text: str) -> None:
+    assert not is_boilerplate(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "make", "model"),
+    [
+        ("Minolta", "Minolta Co., Ltd.", "DiMAGE Z3"),
+        ("DiMAGE Z3", "Minolta Co., Ltd.", "DiMAGE Z3"),
+        ("Apple iPhone 12", "Apple", "iPhone 12"),
+        ("Apple", "Apple", "iPhone 12"),
+        ("OLYMPUS IMAGING CORP. E-M10", "OLYMPUS IMAGING CORP.", "E-M10"),
+    ],
+)
+def test_the_files_own_make_and_model_are_boilerplate(text: str, make: str, model: str) -> None:
+    assert is_boilerplate(text, make, model)
+    assert not is_boilerplate(f"{text} at the lake", make, model)
+
+
+def exif_jpeg(
+    path: Path, seed: int, description: str | None, make: str | None = None, model: str | None = None
+) -> Path:
+    """A real JPEG whose EXIF carries ImageDescription, Make and Model, as a camera writes them."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pixels = np.random.default_rng(seed).integers(0, 256, size=(40, 56, 3), dtype=np.uint8)
+    exif = Image.Exif()
+    for tag, value in ((EXIF_DESCRIPTION_TAG, description), (EXIF_MAKE_TAG, make), (EXIF_MODEL_TAG, model)):
+        if value is not None:
+            exif[tag] = value
+    Image.fromarray(pixels).save(path, format="JPEG", exif=exif, quality=90)
+    return path
+
+
+def test_image_description_reads_a_real_jpeg_and_compares_with_its_camera(tmp_path: Path) -> None:
+    cases = {
+        "konica.jpg": ("KONICA MINOLTA DIGITAL CAMERA", "KONICA MINOLTA", "DiMAGE A2", None),
+        "canon.jpg": ("Canon PowerShot S95", "Canon", "Canon PowerShot S95", None),
+        "minolta.jpg": ("DiMAGE Z3", "Minolta Co., Ltd.", "DiMAGE Z3", None),
+        "blank.jpg": ("        ", "SONY", "DSC-W55", None),
+        "real.jpg": ("Grandma's 80th birthday", "Canon", "Canon EOS 5D", "Grandma's 80th birthday"),
+    }
+    for name, (description, make, model, expected) in cases.items():
+        path = exif_jpeg(tmp_path / name, len(name), description, make, model)
+        with Image.open(path) as image:
+            assert image.getexif()[EXIF_DESCRIPTION_TAG] == description  # really written to the file
+            assert image_description(image.getexif(), image.info.get("xmp")) == expected, name
+
+
+@pytest.fixture(scope="module")
+def boilerplate_album(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """JPEGs with camera boilerplate in EXIF or XMP, one with a real EXIF caption, three with sidecars."""
+    root = tmp_path_factory.mktemp("boilerplate") / "album"
+    exif_jpeg(root / "olympus.jpg", 1, "OLYMPUS DIGITAL CAMERA", "OLYMPUS IMAGING CORP.", "E-M10")
+    exif_jpeg(root / "konica.jpg", 2, "KONICA MINOLTA DIGITAL CAMERA", "KONICA MINOLTA", "DiMAGE A2")
+    exif_jpeg(root / "sony.jpg", 3, "SONY DSC", "SONY", "DSC-W55")
+    exif_jpeg(root / "dcim.jpg", 4, "DCIM\\100MEDIA")
+    exif_jpeg(root / "digimax.jpg", 5, "<Digimax S500 / Kenox S500>", "Samsung Techwin", "S500")
+    exif_jpeg(root / "make.jpg", 6, "NIKON", "NIKON", "E4500")
+    exif_jpeg(root / "real.jpg", 7, "Grandma's 80th birthday", "Canon", "Canon EOS 5D")
+    path = exif_jpeg(root / "xmp.jpg", 8, None)
+    with Image.open(path) as image:
+        image.load()
+        image.save(path, format="JPEG", xmp=corpus._xmp_packet("IMG_0412.JPG"))
+    for seed in (9, 10, 11):
+        exif_jpeg(root / f"side{seed}.jpg", seed, "SONY DSC", "SONY", "DSC-W55")
+        (root / f"side{seed}.txt").write_text(f"a sidecar caption number {seed}")
+    return root
+
+
+def test_ingest_keeps_real_captions_and_drops_camera_boilerplate(
+    boilerplate_album: Path, tmp_path: Path, tiny_model: str
+) -> None:
+    from tests.conftest import open_library  # noqa: PLC0415
+
+    lib = open_library(str(tmp_path / "db"), tiny_model)
+    lib.ingest([boilerplate_album])
+    captions = {
+        Path(r["path"]).name: (r["caption"], r["caption_source"])
+        for r in lib.collection.columns(["path", "caption", "caption_source"])
+    }
+    assert captions["real.jpg"] == ("Grandma's 80th birthday", "embedded")
+    for seed in (9, 10, 11):
+        assert captions[f"side{seed}.jpg"] == (f"a sidecar caption number {seed}", "sidecar")
+    boiler = ("olympus.jpg", "konica.jpg", "sony.jpg", "dcim.jpg", "digimax.jpg", "make.jpg", "xmp.jpg")
+    assert {name: captions[name] for name in boiler} == dict.fromkeys(boiler, (None, None))
+    assert lib.stats().captioned == 4
+    assert lib.search("anything", k=20, target="caption")  # the real captions were embedded
+
+    # A row stored before the rule, with the boilerplate as its caption, loses it at the next ingest.
+    from storage import CaptionUpdate  # noqa: PLC0415
+
+    olympus = lib.collection.get_by_path(str(boilerplate_album / "olympus.jpg"))
+    assert olympus is not None
+    vector = lib.embed_text("OLYMPUS DIGITAL CAMERA")
+    lib.collection.set_captions([CaptionUpdate(olympus.id, "OLYMPUS DIGITAL CAMERA", "embedded", vector, None)])
+    assert lib.stats().captioned == 5
+    lib.ingest([boilerplate_album])
+    after = lib.collection.get_by_path(str(boilerplate_album / "olympus.jpg"))
+    assert after is not None and (after.caption, after.caption_vector) == (None, None)
+    assert lib.stats().captioned == 4
+
+
+def test_eval_counts_only_real_captions_and_warns_that_few_mean_nothing(
+    boilerplate_album: Path, tiny_model: str
+) -> None:
+    from tests.conftest import run  # noqa: PLC0415
+
+    result = run("eval", str(boilerplate_album), "--model", tiny_model)
+    lines = result.stdout.splitlines()
+    assert "4 captioned images" in lines[0]
+    assert lines[-1] == (
+        "warning: only 4 captioned images: the figures are not meaningful (a random ranking scores "
+        "R@1 0.250, R@5 1.000, R@10 1.000); caption at least 20 images to compare models"
+    )
+    assert lines[-2].split() == ["by", "chance", "0.250", "1.000", "1.000"]
+    data = json.loads(run("eval", str(boilerplate_album), "--model", tiny_model, "--json").stdout)
+    assert data["images"] == 4
+    assert data["warning"].startswith("only 4 captioned images: the figures are not meaningful")
+    assert data["chance_R@1"] == 0.25

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
 from pipeline.cli import cli
-from pipeline.cli.render import hits_table
+from pipeline.cli.render import hits_table, size_text, terminal_width
 from storage import Hit
 from tests import corpus
 from tests.conftest import run, without_timing
@@ -47,26 +48,36 @@ def test_ingest_json_ends_with_integer_counts(photos: Path, db: str, tiny_model:
         "moved": 0,
         "removed": 0,
         "unchanged": 0,
-        "failed": 6,
+        "failed": 7,  # corpus.bad_files, and other/clip.mp4: not a video clipdex can read
     }
     assert all(isinstance(data[k], int) for k in COUNT_KEYS)
     assert {Path(str(f["path"])).name for f in data["failures"]} >= {"bomb.png", "empty.jpg"}  # type: ignore[attr-defined]
 
 
 def test_info_json_and_table(photos: Path, db: str, tiny_model: str) -> None:
-    run("ingest", str(photos), "--db", db, "--model", tiny_model)
+    run("ingest", str(photos / "good"), str(photos / "bad"), "--db", db, "--model", tiny_model)
     data = json.loads(run("info", "--db", db, "--json").stdout)
     assert (data["images"], data["failures"], data["captioned"], data["dimension"]) == (17, 6, 2, 32)
+    assert (data["videos"], data["moments"]) == (0, 0)
     assert data["model"]["model"] == tiny_model
     assert data["db"] == db
+    assert data["roots"] == [f"{photos}/bad", f"{photos}/good"]
+    assert data["indexes"] == []  # 17 images: exact search
     folder = tiny_model.removeprefix("local-dir:")
+    last = datetime.fromisoformat(data["last_ingest"]).strftime("%Y-%m-%d %H:%M:%S UTC")
     assert run("info", "--db", db).stdout == (
-        f"collection  {db}\n"
-        f"model       local-dir:{folder}, 32-d\n"
-        "images      17\n"
-        "captioned   2\n"
-        "failures    6\n"
-        "schema      2\n"
+        f"collection   {db}\n"
+        f"model        local-dir:{folder}, 32-d\n"
+        "images       17\n"
+        "videos       0\n"
+        "captioned    2\n"
+        "failures     6\n"
+        "schema       " + str(data["schema_version"]) + "\n"
+        f"disk size    {size_text(data['disk_bytes'])}\n"
+        f"roots        {photos}/bad\n"
+        f"             {photos}/good\n"
+        f"last ingest  {last}\n"
+        "indexes      none (exact search, until the collection is large enough for one)\n"
     )
 
 
@@ -86,7 +97,7 @@ def test_search_json_table_and_paths_agree(photos: Path, db: str, tiny_model: st
     expected = [
         Hit(h["id"], h["path"], h["score"], h["caption"], h["width"], h["height"], h["format"], None) for h in hits
     ]
-    assert table == hits_table(expected) + "\n"
+    assert table == hits_table(expected, width=terminal_width()) + "\n"
     assert table.splitlines()[0].split() == ["score", "size", "id", "path", "caption"]
 
 
@@ -131,7 +142,10 @@ def test_environment_sets_db_and_model(photos: Path, db: str, tiny_model: str, m
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["search", "dog", "--where", "widht > 3"], r"^Error: --where 'widht > 3': .*No field named widht"),
+        (
+            ["search", "dog", "--where", "widht > 3"],
+            r"^Error: --where 'widht > 3': no column named widht; did you mean width\?",
+        ),
         (["search", "dog", "--where", "width >>> 3"], r"^Error: --where 'width >>> 3': .*"),
         (
             ["similar", "/no/such.jpg"],

@@ -86,7 +86,9 @@ def test_duplicates_come_in_tiers_with_the_largest_as_keeper(album: Path, db: st
         "burst2.jpg",
     ]
     out = run("duplicates", "--near", "0.9995", "--similar", "0.98", "--burst", "30", "--db", db, "--json").stdout
-    assert [json.loads(line)["tier"] for line in out.splitlines()] == [g.tier for g in groups]
+    *lines, summary = [json.loads(line) for line in out.splitlines()]  # a group a line, then the totals
+    assert [line["tier"] for line in lines] == [g.tier for g in groups]
+    assert summary["summary"]["groups"] == len(groups)
 
 
 def test_classify_tags_and_stores_them_for_where(lib: Clipdex, db: str) -> None:
@@ -200,6 +202,56 @@ def test_reembed_switches_models_without_mixing_and_resumes(
     assert lib.ingest([photos / "good"]).unchanged == 17
     result = run("reembed", "--db", db, "--model", other_model, ok=False)
     assert "already uses local-dir:" in result.stderr
+
+
+def test_reembed_keeps_one_row_per_moment_and_resumes_a_staged_video(
+    tmp_path: Path, db: str, tiny_model: str, other_model: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import models  # noqa: PLC0415
+    from pipeline.ingest.video import DecodedVideo, decode_media  # noqa: PLC0415
+    from pipeline.maintain.reembed import reembed  # noqa: PLC0415
+    from storage import Collection, Staging  # noqa: PLC0415
+    from tests.test_video import PICTURES, write_video  # noqa: PLC0415
+
+    video = write_video(tmp_path / "photos" / "clip.mp4", [PICTURES["checkers"], PICTURES["rings"]])
+    corpus.pattern_image(tmp_path / "photos" / "photo.jpg", seed=4)
+    old = open_library(db, tiny_model)
+    old.ingest([tmp_path / "photos"])
+    columns = ["id", "file_id", "kind", "timestamp"]
+    before = sorted(map(str, old.collection.columns(columns)))
+    moments = old.collection.video_counts()[1]
+    assert moments >= 2
+    encoder = models.load_encoder(models.EncoderSpec(model=other_model, device="cpu"))
+
+    # Interrupted just after the video's moments were staged: the next run takes them as done.
+    real_add = Staging.add
+
+    def crash_after_the_video(self: Staging, records: list[object]) -> None:
+        real_add(self, records)  # type: ignore[arg-type]
+        if any(r.kind == "video" for r in records):  # type: ignore[attr-defined]
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(Staging, "add", crash_after_the_video)
+    monkeypatch.setattr(encoder, "_batch_size", 1)
+    with pytest.raises(KeyboardInterrupt):
+        reembed(Collection.open(db), encoder, commit_rows=1)
+    monkeypatch.setattr(Staging, "add", real_add)
+    report = reembed(Collection.open(db), encoder)
+    assert report.resumed >= moments and report.resumed + report.reembedded == moments + 1
+
+    lib = Clipdex.open(db, settings=Settings(workers=0))
+    assert lib.encoder.fingerprint == encoder.fingerprint
+    assert sorted(map(str, lib.collection.columns(columns))) == before  # the same rows: one per moment
+    decoded = decode_media(str(video), encoder.transform, 10**9)
+    assert isinstance(decoded, DecodedVideo)
+    expected = dict(zip((m.timestamp for m in decoded.moments), encoder.embed_pixels(
+        np.stack([m.pixels for m in decoded.moments])), strict=True))  # fmt: skip
+    stored = {
+        r["id"]: r["timestamp"] for r in lib.collection.columns(["id", "timestamp"]) if r["timestamp"] is not None
+    }
+    ids, vectors = lib.collection.vectors(list(stored))
+    for row_id, vector in zip(ids, vectors, strict=True):
+        assert np.allclose(vector, expected[stored[row_id]], atol=1e-5)
 
 
 def test_extra_columns_never_break_lookups_and_builtins_are_refused(lib: Clipdex, db: str, tmp_path: Path) -> None:

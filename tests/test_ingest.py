@@ -16,7 +16,7 @@ from tests import corpus
 from tests.conftest import open_library
 
 N_GOOD = 17  # corpus.good_images (heic included)
-N_BAD = 6  # corpus.bad_files
+N_BAD = 7  # corpus.bad_files, and corpus.non_images' fake clip.mp4 (a failed video)
 
 
 def vectors(lib: Clipdex) -> dict[str, tuple[str, bytes]]:
@@ -40,11 +40,14 @@ def test_first_run_adds_every_image_and_records_every_failure(photos: Path, db: 
         "unchanged": 0,
         "failed": N_BAD,
         "captions": 0,
-        "videos_skipped": 1,
+        "videos_skipped": 0,
+        "moments": 0,
+        "live_photos": 0,
         "vanished": 0,
     }
     failed = {Path(f.path).name: f.reason for f in lib.collection.failures()}
-    assert set(failed) == {"truncated.jpg", "empty.jpg", "notes.jpg", "noise.png", "bomb.png", "broken.png"}
+    assert set(failed) == {"truncated.jpg", "empty.jpg", "notes.jpg", "noise.png", "bomb.png", "broken.png", "clip.mp4"}
+    assert failed["clip.mp4"].startswith("not a video clipdex can read, or truncated (ffmpeg: ")
     assert failed["empty.jpg"] == "empty file (0 bytes)"
     assert "raise it with --max-pixels" in failed["bomb.png"]
     rows = lib.collection.file_states()
@@ -71,7 +74,7 @@ def test_rerun_changes_nothing_and_decodes_nothing(
     def no_decoding(*args: object) -> None:
         raise AssertionError("an unchanged file was decoded")
 
-    monkeypatch.setattr("pipeline.ingest.local.decode_file", no_decoding)
+    monkeypatch.setattr("pipeline.ingest.local.decode_media", no_decoding)
     monkeypatch.setattr("pipeline.ingest.plan.hash_file", no_decoding)
     report = lib.ingest([photos])
     assert (report.added, report.updated, report.moved, report.removed) == (0, 0, 0, 0)
@@ -123,7 +126,7 @@ def test_moved_and_renamed_files_keep_id_and_vector_without_decoding(
     def no_decoding(*args: object) -> None:
         raise AssertionError("a moved file was decoded")
 
-    monkeypatch.setattr("pipeline.ingest.local.decode_file", no_decoding)
+    monkeypatch.setattr("pipeline.ingest.local.decode_media", no_decoding)
     report = lib.ingest([photos])
     assert (report.moved, report.added, report.removed, report.unchanged) == (2, 0, 0, N_GOOD - 2)
     after = vectors(lib)

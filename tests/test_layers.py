@@ -25,6 +25,8 @@ OWNED = {
     "uvicorn": "pipeline/server",
     "ray": "pipeline/ingest/ray.py",
     "lance_ray": "pipeline/ingest/ray.py",
+    "watchdog": "pipeline/maintain/watch.py",
+    "av": "pipeline/ingest/video.py",
 }
 
 

@@ -15,6 +15,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -31,6 +32,7 @@ from pipeline.cli import cli
 from pipeline.errors import USER_ERRORS
 from tests import corpus
 from tests.conftest import free_port
+from tests.test_video import PICTURES, write_video
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
@@ -140,6 +142,7 @@ def make_home(tmp_path: Path) -> Path:
     home = tmp_path / "home"
     pictures = corpus.good_images(home / "Pictures")
     corpus.pattern_image(home / "Pictures" / "2024" / "beach.jpg", seed=7)
+    write_video(home / "Pictures" / "party.mp4", list(PICTURES.values()))  # the Videos section's
     (home / "Downloads").mkdir(parents=True)
     (home / "Downloads" / "query.jpg").write_bytes(pictures["jpeg"].read_bytes())
     captioned = home / "captioned"
@@ -147,7 +150,7 @@ def make_home(tmp_path: Path) -> Path:
         corpus.pattern_image(captioned / f"scene{seed}.jpg", seed=seed + 20)
         (captioned / f"scene{seed}.txt").write_text(f"a pattern of kind {seed}\n")
     work = tmp_path / "work"
-    work.mkdir()
+    shutil.copytree(ROOT / "configs", work / "configs")  # the README's commands run in a checkout
     (work / "photo.jpg").write_bytes(pictures["jpeg"].read_bytes())
     (work / "holiday.jpg").write_bytes(pictures["jpeg"].read_bytes())
     (work / "captions.csv").write_text(f"path,caption\n{home}/Pictures/photo.jpg,a dog on the beach\n")
@@ -169,7 +172,7 @@ class Shell:
         self.exported: dict[str, str | None] = {}  # what this block's `export`s replaced
 
     def expand(self, word: str) -> str:
-        word = word.replace("$(openssl rand -hex 16)", TOKEN)
+        word = os.path.expandvars(word.replace("$(openssl rand -hex 16)", TOKEN))
         word = word.replace("127.0.0.1:8000", f"127.0.0.1:{self.port}")
         for old, new in self.swaps.items():
             word = word.replace(old, new)
@@ -251,7 +254,7 @@ class Shell:
                     break
                 except (urllib.error.URLError, ConnectionError):
                     time.sleep(0.3)
-            if "--token" in args:  # a token server refuses a stranger
+            if "--token" in args or os.environ.get("CLIPDEX_TOKEN"):  # a token server refuses a stranger
                 with pytest.raises(urllib.error.HTTPError) as refused:
                     urllib.request.urlopen(url, timeout=5)
                 refused.value.close()
@@ -313,7 +316,7 @@ def test_readme_shell_examples_run_as_written(shell: Shell) -> None:
             # An id from the README's page: the first stored image's id stands in for it.
             shell.swaps[EXAMPLE_ID] = first_id()
         shell.run(command)
-    assert {"ingest", "search", "similar", "serve"} <= set(shell.ran)
+    assert {"ingest", "search", "similar", "serve", "watch", "export", "duplicates"} <= set(shell.ran)
 
 
 def s3_bucket_ready() -> bool:

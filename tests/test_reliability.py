@@ -294,7 +294,8 @@ def test_hostile_folder(tmp_path: Path, tiny_model: str, monkeypatch: pytest.Mon
     root = tmp_path / "hostile"
     valid = {str(p) for p in corpus.good_images(root / "good").values()}
     bad = {str(p) for p in corpus.bad_files(root / "bad").values()}
-    corpus.non_images(root / "other")  # not images: skipped, not failures
+    others = corpus.non_images(root / "other")  # text files are skipped; a fake video is a failure
+    bad.add(str(others["clip.mp4"]))
     panorama = root / "panorama 全景.jpg"
     Image.new("RGB", (24_000, 300), (20, 120, 200)).save(panorama, quality=80)
     Image.new("RGB", (1, 1), (255, 0, 0)).save(root / "one pixel.png")

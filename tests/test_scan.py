@@ -29,19 +29,19 @@ def corpus_root(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[st
     bad = corpus.bad_files(root / "bad")
     corpus.non_images(root / "other")
     expected = [f"good/{p.name}" for p in good.values()] + [f"bad/{p.name}" for p in bad.values()]
-    return root, sorted(expected)
+    return root, sorted([*expected, "other/clip.mp4"])  # a (fake) video is listed: ingest records it as failed
 
 
 # ---------------------------------------------------------------- the corpus as a whole
 
 
-def test_walk_lists_good_and_bad_images_recursively(corpus_root: tuple[Path, list[str]]) -> None:
+def test_walk_lists_good_and_bad_images_and_videos_recursively(corpus_root: tuple[Path, list[str]]) -> None:
     root, expected = corpus_root
 
     result = Scanner().scan([root])
 
     assert _rel(result, root) == expected
-    assert result.videos == 1  # other/clip.mp4
+    assert result.videos == 1  # other/clip.mp4, listed among the files
     assert result.errors == []
 
 
@@ -285,7 +285,7 @@ def test_image_without_extension_is_found_by_content(tmp_path: Path) -> None:
 
     result = Scanner().scan([mixed])
 
-    assert _rel(result, mixed) == ["IMG_0001"]
+    assert _rel(result, mixed) == ["IMG_0001", "clip.mp4"]  # the video by its extension, readme.txt not at all
 
 
 def test_non_images_without_image_extension_are_ignored(tmp_path: Path) -> None:
@@ -295,9 +295,9 @@ def test_non_images_without_image_extension_are_ignored(tmp_path: Path) -> None:
 
     result = Scanner().scan([tmp_path])
 
-    assert result.files == []
+    assert _rel(result, tmp_path) == ["clip.mp4"]  # only the video (by its extension)
     assert result.errors == []
-    assert result.videos == 1  # clip.mp4
+    assert result.videos == 1
 
 
 def test_text_file_named_jpg_is_listed(tmp_path: Path) -> None:
@@ -315,14 +315,14 @@ def test_image_extension_is_case_insensitive(tmp_path: Path) -> None:
     assert _rel(Scanner().scan([tmp_path]), tmp_path) == ["IMG_1.JPG", "IMG_2.Png"]
 
 
-def test_videos_are_counted_not_listed(tmp_path: Path) -> None:
+def test_videos_are_listed_and_counted(tmp_path: Path) -> None:
     for name in ("a.mp4", "b.MOV", "c.mkv", "d.3gp", ".hidden.mp4"):
         (tmp_path / name).write_bytes(b"\x00\x00\x00\x18ftypmp42")
     _jpeg(tmp_path / "e.jpg")
 
     result = Scanner().scan([tmp_path])
 
-    assert _rel(result, tmp_path) == ["e.jpg"]
+    assert _rel(result, tmp_path) == ["a.mp4", "b.MOV", "c.mkv", "d.3gp", "e.jpg"]  # hidden files stay out
     assert result.videos == 4
 
 

@@ -15,6 +15,7 @@ from pipeline import Clipdex
 from storage import Failure
 from tests import corpus
 from tests.conftest import open_library, run
+from tests.test_video import PICTURES, write_video
 
 
 def damaged(tmp_path: Path, tiny_model: str) -> tuple[Clipdex, dict[str, Path]]:
@@ -95,3 +96,40 @@ def test_verify_of_a_sound_collection(tmp_path: Path, tiny_model: str, photos: P
     assert report.ok and report.checked == lib.collection.count()
     done = run("verify", "--db", lib.collection.uri)
     assert done.stdout.startswith(f"checked {report.checked} rows (") and done.stdout.endswith(": 0 problems\n")
+
+
+def test_verify_checks_a_video_once_for_all_its_moments(tmp_path: Path, tiny_model: str) -> None:
+    scenes = [PICTURES["checkers"], PICTURES["gradient"], PICTURES["rings"]]
+    video = write_video(tmp_path / "photos" / "clip.mp4", scenes)
+    corpus.pattern_image(tmp_path / "photos" / "photo.jpg", seed=3)
+    lib = open_library(str(tmp_path / "db"), tiny_model)
+    lib.ingest([tmp_path / "photos"])
+    moments = lib.collection.video_counts()[1]
+    assert moments >= 3  # many rows, one file: not a duplicate
+    fresh = lib.verify()
+    assert (fresh.ok, fresh.checked) == (True, moments + 1)
+    stats = lib.stats()
+    assert (stats.images, stats.videos, stats.moments) == (1, 1, moments)
+    info = run("info", "--db", lib.collection.uri)
+    assert info.stdout.splitlines()[2:4] == ["images       1", f"videos       1 ({moments} moments)"]
+    data = json.loads(run("info", "--db", lib.collection.uri, "--json").stdout)
+    assert (data["images"], data["videos"], data["moments"]) == (1, 1, moments)
+
+    moment = next(r for r in lib.collection.columns(["id", "kind"]) if r["kind"] == "video")
+    record = lib.collection.get(str(moment["id"]))
+    assert record is not None and record.timestamp is not None
+    lib.collection.upsert([dataclasses.replace(record, vector=record.vector * 2)])
+    write_video(video, scenes[::-1])  # other content at the same path
+    report = lib.verify()
+    assert sorted((p.kind, p.path) for p in report.problems) == [
+        ("size" if video.stat().st_size != record.size else "content", str(video)),  # once, not once per moment
+        ("vector", str(video)),
+    ]
+    vector = next(p for p in report.problems if p.kind == "vector")
+    assert vector.detail == f"image vector of the moment at {record.timestamp:.1f} s has length 2.0000, not 1"
+
+    repaired = lib.verify(repair=True)
+    assert (repaired.removed, repaired.reingested) == (0, 1)
+    assert lib.verify().ok
+    rows = [r for r in lib.collection.columns(["path", "file_id"]) if r["path"] == str(video)]
+    assert len(rows) == lib.collection.video_counts()[1] and len({r["file_id"] for r in rows}) == 1

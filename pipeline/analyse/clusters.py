@@ -17,6 +17,8 @@ from pipeline.errors import BadOption, NothingToDo
 from pipeline.ingest.decode import thumbnail_image
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from storage import Collection
 
 # Words that name what photo libraries hold; a cluster is named by the three closest to its centre.
@@ -44,16 +46,40 @@ class Cluster:
     size: int
 
 
+@dataclass(frozen=True)
+class KChoice:
+    """How --auto chose k: the cosine silhouette of each k tried, on a sample of SAMPLE vectors."""
+
+    k: int
+    silhouettes: tuple[tuple[int, float], ...]  # (k, silhouette), in the order tried
+    sample: int
+
+    @property
+    def ranked(self) -> list[tuple[int, float]]:
+        """The k tried, best silhouette first."""
+        return sorted(self.silhouettes, key=lambda ks: -ks[1])
+
+
 def cluster(
-    collection: Collection, encoder: Encoder, k: int | None = None, *, seed: int = 0, store: bool = True
+    collection: Collection,
+    encoder: Encoder,
+    k: int | None = None,
+    *,
+    seed: int = 0,
+    store: bool = True,
+    chose: Callable[[KChoice], None] | None = None,
 ) -> list[Cluster]:
-    """k-means on the image vectors (k=None: chosen by silhouette); stores `cluster` and `cluster_name`."""
+    """k-means on the image vectors (k=None: chosen by silhouette, told to chose); stores `cluster`
+    and `cluster_name`."""
     ids, vectors = collection.vectors()
     if len(ids) < 2:
         raise NothingToDo("clustering needs at least two images; ingest some first")
     rng = np.random.default_rng(seed)
     if k is None:
-        k = choose_k(vectors, rng)
+        choice = choose_k_by_silhouette(vectors, rng)
+        if chose is not None:
+            chose(choice)
+        k = choice.k
     if not 2 <= k <= len(ids):
         raise BadOption(f"-k {k}: choose between 2 and the number of images ({len(ids)}), or --auto")
     centres, labels = kmeans(vectors, k, rng)
@@ -96,15 +122,22 @@ def kmeans(vectors: np.ndarray, k: int, rng: np.random.Generator, rounds: int = 
 
 def choose_k(vectors: np.ndarray, rng: np.random.Generator) -> int:
     """The k in 2..MAX_AUTO_K with the best cosine silhouette on a sample."""
+    return choose_k_by_silhouette(vectors, rng).k
+
+
+def choose_k_by_silhouette(vectors: np.ndarray, rng: np.random.Generator) -> KChoice:
+    """The k in 2..MAX_AUTO_K with the best cosine silhouette on a sample, and the silhouette of each."""
     sample = vectors[rng.choice(len(vectors), min(SAMPLE, len(vectors)), replace=False)]
     distance = 1 - sample @ sample.T
     best_k, best = 2, -2.0
+    tried = []
     for k in range(2, min(MAX_AUTO_K, len(sample) - 1) + 1):
         _, labels = kmeans(sample, k, rng)
         score = silhouette(distance, labels)
+        tried.append((k, score))
         if score > best:
             best_k, best = k, score
-    return best_k
+    return KChoice(best_k, tuple(tried), len(sample))
 
 
 def silhouette(distance: np.ndarray, labels: np.ndarray) -> float:
@@ -154,6 +187,39 @@ def map_html(collection: Collection, *, max_points: int = 2000, thumb: int = 64,
     # "<" escaped so that no path can close the <script> element the data sits in.
     data = json.dumps(items).replace("<", "\\u003c")
     return _PAGE.replace("__TITLE__", html.escape(collection.uri)).replace("__ITEMS__", data)
+
+
+@dataclass(frozen=True)
+class MapPoint:
+    """An image on the 2-D map: x and y in [0, 1]; its cluster and the cluster's name when stored."""
+
+    id: str
+    x: float
+    y: float
+    cluster: int | None
+    label: str | None
+
+
+def map_points(collection: Collection, *, max_points: int = 2000, seed: int = 0) -> list[MapPoint]:
+    """The map's points (the same sample and projection as map_html), for a page drawing them itself."""
+    ids, vectors = collection.vectors()
+    if len(ids) > max_points:
+        keep = np.sort(np.random.default_rng(seed).choice(len(ids), max_points, replace=False))
+        ids, vectors = [ids[i] for i in keep], vectors[keep]
+    if not ids:
+        return []
+    names = [n for n in ("cluster", "cluster_name") if n in collection.column_names()]
+    rows = {r["id"]: r for r in collection.columns(["id", *names])} if names else {}
+    return [
+        MapPoint(
+            image_id,
+            round(float(x), 4),
+            round(float(y), 4),
+            rows.get(image_id, {}).get("cluster"),
+            rows.get(image_id, {}).get("cluster_name"),
+        )
+        for image_id, (x, y) in zip(ids, project(vectors), strict=True)
+    ]
 
 
 def _thumbnail(path: str, size: int) -> str:

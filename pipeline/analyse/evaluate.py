@@ -16,6 +16,9 @@ from pipeline.library import Clipdex
 from storage import Collection
 
 KS = (1, 5, 10)
+# Below this many captioned images recall says little: by chance alone R@K is K/n, and one
+# image more or less moves R@1 by 1/n.
+MIN_CAPTIONED = 20
 
 
 @dataclass(frozen=True)
@@ -26,6 +29,8 @@ class EvalReport:
     images: int
     text_to_image: dict[int, float]  # K -> share of captions whose image ranks in the top K
     image_to_text: dict[int, float]  # K -> share of images whose caption ranks in the top K
+    chance: dict[int, float]  # K -> what a random ranking scores: min(1, K / images)
+    warning: str | None = None  # set when there are too few captioned images for the figures to mean much
 
 
 def evaluate(
@@ -49,11 +54,26 @@ def evaluate(
         images = vectors[[order[image_id] for image_id, _ in pairs]]
     texts = encoder.embed_texts([caption for _, caption in pairs])
     scores = texts @ images.T  # caption i against image j; the right image is j == i
+    chance = {k: round(min(1.0, k / len(pairs)), 4) for k in ks}
     return EvalReport(
         model=fp.label,
         images=len(pairs),
         text_to_image=_recall(scores, ks),
         image_to_text=_recall(scores.T, ks),
+        chance=chance,
+        warning=few_images_warning(len(pairs), chance),
+    )
+
+
+def few_images_warning(images: int, chance: Mapping[int, float]) -> str | None:
+    """A sentence saying the figures are not meaningful when fewer than MIN_CAPTIONED images had captions."""
+    if images >= MIN_CAPTIONED:
+        return None
+    by_chance = ", ".join(f"R@{k} {v:.3f}" for k, v in chance.items())
+    noun = "image" if images == 1 else "images"
+    return (
+        f"only {images} captioned {noun}: the figures are not meaningful (a random ranking scores {by_chance}); "
+        f"caption at least {MIN_CAPTIONED} images to compare models"
     )
 
 

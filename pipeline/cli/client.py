@@ -14,10 +14,11 @@ import urllib.parse
 import urllib.request
 import uuid
 from datetime import datetime
+from http import HTTPStatus
 from typing import Any
 
 from pipeline.errors import InputNotFound, ServerError
-from storage.records import Hit
+from storage.records import Hit, Moment
 
 TIMEOUT_S = 60.0
 
@@ -30,6 +31,20 @@ class Client:
             raise ServerError(f"--server {url}: give the URL with its scheme, e.g. --server http://{url}")
         self.url = url.rstrip("/")
         self.token = token
+
+    def info(self) -> dict[str, Any]:
+        """The server's /api/info: counts, model and the location of its collection."""
+        return self._call("GET", "/api/info", {})
+
+    def check_db(self, db: str) -> None:
+        """Refuse a --db that is not the collection the server serves: it would be silently ignored."""
+        served = str(self.info().get("db", ""))
+        if _same_location(db, served):
+            return
+        raise ServerError(
+            f"--db {db} is not the collection --server {self.url} serves ({served}); "
+            "drop --db to ask the server, or drop --server to search --db here"
+        )
 
     def search(self, text: str, **params: Any) -> list[Hit]:
         """Images that match a text, best first."""
@@ -51,7 +66,8 @@ class Client:
     def _call(
         self, method: str, path: str, params: dict[str, Any], upload: tuple[str, bytes] | None = None
     ) -> dict[str, Any]:
-        query = {k: v for k, v in params.items() if v is not None}
+        # False is left out, True sent as "true": the server's defaults are False.
+        query = {k: ("true" if v is True else v) for k, v in params.items() if v is not None and v is not False}
         url = f"{self.url}{path}?{urllib.parse.urlencode(query)}"
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
         body = None
@@ -65,6 +81,11 @@ class Client:
                 return data
         except urllib.error.HTTPError as exc:
             detail = _detail(exc)
+            if exc.code == HTTPStatus.UNAUTHORIZED:
+                fix = "the token given is not the server's" if self.token else "this server requires a token"
+                raise ServerError(
+                    f"--server {self.url}: {fix}; give it with --token TOKEN or CLIPDEX_TOKEN (401)"
+                ) from exc
             raise ServerError(f"--server {self.url}: {detail}") from exc
         except (urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
@@ -84,9 +105,20 @@ class Client:
                 height=h["height"],
                 format=h["format"],
                 taken_at=datetime.fromisoformat(h["taken_at"]) if h.get("taken_at") else None,
+                kind=h.get("kind") or "image",  # a server from before videos says nothing: images
+                file_id=h.get("file_id") or "",
+                timestamp=h.get("timestamp"),
+                duration=h.get("duration"),
+                moments=tuple(Moment(m["id"], m["timestamp"], m["score"]) for m in h.get("moments") or ()),
             )
             for h in data["hits"]
         ]
+
+
+def _same_location(a: str, b: str) -> bool:
+    if "://" in a or "://" in b:
+        return a.rstrip("/") == b.rstrip("/")
+    return os.path.realpath(a) == os.path.realpath(b)
 
 
 def _detail(exc: urllib.error.HTTPError) -> str:

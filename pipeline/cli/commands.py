@@ -7,12 +7,15 @@ to a running server (--server) starts in a fraction of a second.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -21,11 +24,12 @@ import click
 from models import PRECISIONS, RUNTIMES, Fingerprint
 from pipeline.analyse.classify import DEFAULT_PROMPT
 from pipeline.analyse.classify import classify as run_classify
+from pipeline.analyse.clusters import KChoice, map_html
 from pipeline.analyse.clusters import cluster as run_cluster
-from pipeline.analyse.clusters import map_html
 from pipeline.analyse.duplicates import BURST_SECONDS, NEAR, SIMILAR, find_duplicates
 from pipeline.cli.client import Client
 from pipeline.cli.render import (
+    ProgressView,
     align_rows,
     failure_lines,
     hits_jsonl,
@@ -34,18 +38,20 @@ from pipeline.cli.render import (
     report_json,
     report_text,
     stats_text,
+    terminal_width,
 )
 from pipeline.config import ENGINES, TARGETS, Settings, load_settings
-from pipeline.errors import USER_ERRORS, BadQuery, OutputError
+from pipeline.errors import USER_ERRORS, BadOption, BadQuery, OutputError
 from pipeline.ingest.captions import read_manifest
+from pipeline.ingest.progress import Progress
 from pipeline.ingest.sources import is_uri
 from pipeline.query import Term, parse_terms
 from pipeline.shapes import stats_dict
 from storage import CollectionNotFound, Hit
 
 if TYPE_CHECKING:
-    from pipeline.ingest.progress import Progress
     from pipeline.library import Clipdex
+    from pipeline.maintain.watch import Notice, Synced, Watcher
 
 MAX_PROBLEMS_SHOWN = 20  # verify lists this many problems; --json lists all
 DEBUG_ENV = "CLIPDEX_DEBUG"  # set to 1: user errors keep their traceback too
@@ -101,6 +107,7 @@ def model_options(f: F) -> F:
 def query_options(f: F) -> F:
     """-k, --where, --min-score, the output format and --server."""
     options = [
+        click.option("--token", help="The token the --server requires [env CLIPDEX_TOKEN]."),
         click.option("--server", help="Ask a running `clipdex serve` at this URL [env CLIPDEX_SERVER]."),
         click.option("--paths", "as_paths", is_flag=True, help="Print only paths, one per line."),
         click.option("--json", "as_json", is_flag=True, help="Print JSON lines, best first."),
@@ -109,6 +116,8 @@ def query_options(f: F) -> F:
         ),
         click.option("--where", help="SQL filter on metadata, e.g. \"width > 1000 AND path LIKE '%/2024/%'\"."),
         click.option("-k", "k", type=click.IntRange(min=1), help="How many results [default: 10]."),
+        click.option("--kind", type=click.Choice(("image", "video")), help="Only photos, or only video moments."),
+        click.option("--moments", is_flag=True, help="List each video's other matching moments too."),
     ]
     for option in options:
         f = option(f)
@@ -128,7 +137,10 @@ class PathOrUri(click.ParamType):  # type: ignore[type-arg]
 
 
 def _settings(config_file: str | None, **flags: Any) -> Settings:
-    return load_settings(config_file).override(**flags)
+    # `clipdex --config FILE search ...` and `clipdex search ... --config FILE`: the later one wins.
+    root = click.get_current_context(silent=True)
+    top = root.find_root().params.get("config_file") if root is not None else None
+    return load_settings(config_file or top).override(**flags)
 
 
 def _open(create: bool = False, settings: Settings | None = None, **flags: Any) -> Clipdex:
@@ -139,12 +151,23 @@ def _open(create: bool = False, settings: Settings | None = None, **flags: Any) 
 
 
 def _client(settings: Settings) -> Client | None:
-    return Client(settings.server, settings.token) if settings.server else None
+    if not settings.server:
+        return None
+    client = Client(settings.server, settings.token)
+    if settings.db:
+        client.check_db(settings.db_uri)
+    return client
 
 
 @click.group(cls=_Group)
 @click.version_option(package_name="clipdex")
-def cli() -> None:
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False),
+    help="A TOML config file, for every command [env CLIPDEX_CONFIG].",
+)
+def cli(config_file: str | None) -> None:
     """Search your own images by meaning: ingest folders, then ask in words or with a photo."""
     _say_model_notes()
 
@@ -184,6 +207,12 @@ def _say_model_notes() -> None:
     default=None,
     help="Walk folder symlinks that point outside PATHS [env CLIPDEX_FOLLOW_LINKS; default: no].",
 )
+@click.option(
+    "--video-interval",
+    type=click.FloatRange(min=0, min_open=True),
+    help="A video moment at least every N s [default: 2].",
+)
+@click.option("--video-max-frames", type=click.IntRange(min=1), help="Moments per video at most [default: 300].")
 @click.option("--json", "as_json", is_flag=True, help="End with one JSON object of counts.")
 @model_options
 def ingest(
@@ -195,18 +224,24 @@ def ingest(
     **flags: Any,
 ) -> None:
     """Add new, changed and moved images under PATHS; remove deleted ones."""
+    started = time.monotonic()  # the time said at the end includes the model's load
     manifest = read_manifest(captions) if captions else None  # a bad manifest must not create a collection
-    lib = _open(create=True, **flags)
+    video = {"video_interval": flags.pop("video_interval"), "video_max_frames": flags.pop("video_max_frames")}
+    settings = _settings(flags.pop("config_file"), **flags)
     stop = threading.Event()
-    with _progress_bar() as progress, _first_interrupt_stops(stop):
-        report = lib.ingest(
-            list(paths),
-            captions=manifest,
-            retry_failed=retry_failed,
-            prune_empty=prune_empty,
-            progress=progress,
-            stop=stop,
-        )
+    with _progress_bar() as progress:
+        lib = _open_saying_model(settings, progress)
+        with _first_interrupt_stops(stop):
+            report = lib.ingest(
+                list(paths),
+                captions=manifest,
+                retry_failed=retry_failed,
+                prune_empty=prune_empty,
+                progress=progress,
+                stop=stop,
+                **video,
+            )
+    report.seconds = time.monotonic() - started
     for note in report.notes:
         click.echo(f"note: {note}", err=True)
     db = lib.collection.uri
@@ -218,6 +253,28 @@ def ingest(
     if report.interrupted:
         click.echo("interrupted: what is written is kept; run the same command again to do the rest", err=True)
         sys.exit(130)
+
+
+def _open_saying_model(settings: Settings, progress: Callable[[Progress], None] | None) -> Clipdex:
+    """The collection, created if new; creating it loads the model (its dimension makes the
+    table), so on a terminal that load is said while it runs. An existing collection's model
+    loads later, in ingest, which says so itself."""
+    from pipeline.library import encoder_spec  # noqa: PLC0415 - see the module docstring
+
+    if progress is None or _stored_fingerprint(settings) is not None:
+        return _open(create=True, settings=settings)
+    with _saying_model(encoder_spec(settings).label, progress):
+        return _open(create=True, settings=settings)
+
+
+@contextlib.contextmanager
+def _saying_model(label: str, progress: Callable[[Progress], None] | None) -> Iterator[None]:
+    """Around a model's load: 'loading model LABEL ...' on a terminal until it is loaded."""
+    if progress is not None:
+        progress(Progress("model", 0, 1, label))
+    yield
+    if progress is not None:
+        progress(Progress("model", 1, 1, label))
 
 
 @contextlib.contextmanager
@@ -271,6 +328,7 @@ def search(
     clipdex search beach + ./photo.jpg - crowd
     """
     as_json, as_paths, server = flags.pop("as_json"), flags.pop("as_paths"), flags.pop("server")
+    videos = {"kind": flags.pop("kind"), "moments": flags.pop("moments")}
     _one_format(as_json, as_paths)
     settings = _settings(flags.pop("config_file"), server=server, **flags)
     terms = parse_terms(query)
@@ -284,10 +342,12 @@ def search(
                 "--server takes plain text searches so far; drop --server to mix images, + and -, --within, --honest"
             )
         params = {"k": k or settings.k, "where": where, "min_score": _floor(min_score, settings), "target": target}
-        hits = client.search(terms[0].value, **params)
+        hits = client.search(terms[0].value, **params, **videos)
     else:
         lib = _open(settings=settings)
-        hits = lib.query(terms, k=k, where=where, min_score=min_score, target=target, within=within, honest=honest)
+        hits = lib.query(
+            terms, k=k, where=where, min_score=min_score, target=target, within=within, honest=honest, **videos
+        )
     _print_hits(hits, as_json, as_paths, _floor(min_score, settings), honest)
 
 
@@ -307,16 +367,21 @@ def similar(
     if (image is None) == (image_id is None):
         raise click.UsageError("give an IMAGE file or --id ID, not both or neither")
     as_json, as_paths, server = flags.pop("as_json"), flags.pop("as_paths"), flags.pop("server")
+    videos = {"kind": flags.pop("kind"), "moments": flags.pop("moments")}
     _one_format(as_json, as_paths)
     settings = _settings(flags.pop("config_file"), server=server, **flags)
     client = _client(settings)
     params: dict[str, Any] = {"k": k or settings.k, "where": where, "min_score": _floor(min_score, settings)}
     if client is not None:
-        hits = client.similar_to(image_id, **params) if image_id is not None else client.similar(str(image), **params)
+        hits = (
+            client.similar_to(image_id, **params, **videos)
+            if image_id is not None
+            else client.similar(str(image), **params, **videos)
+        )
     elif image_id is not None:
-        hits = _open(settings=settings).similar_to(image_id, k=k, where=where, min_score=min_score)
+        hits = _open(settings=settings).similar_to(image_id, k=k, where=where, min_score=min_score, **videos)
     else:
-        hits = _open(settings=settings).similar(str(image), k=k, where=where, min_score=min_score)
+        hits = _open(settings=settings).similar(str(image), k=k, where=where, min_score=min_score, **videos)
     _print_hits(hits, as_json, as_paths, _floor(min_score, settings))
 
 
@@ -347,14 +412,14 @@ def embed(text: str | None, image: str | None, as_json: bool, **flags: Any) -> N
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @db_options
 def info(as_json: bool, db: str | None, config_file: str | None) -> None:
-    """Counts, the model and the location of the collection."""
-    from pipeline.library import collection_info  # noqa: PLC0415 - see the module docstring
+    """Counts, the model, the location and size of the collection, its roots, last ingest and indexes."""
+    from pipeline.library import collection_details  # noqa: PLC0415 - see the module docstring
 
-    stats = collection_info(settings=_settings(config_file, db=db))
+    stats, details = collection_details(settings=_settings(config_file, db=db))
     if as_json:
-        click.echo(json.dumps(stats_dict(stats), ensure_ascii=False))
+        click.echo(json.dumps(stats_dict(stats, details), ensure_ascii=False))
     else:
-        click.echo(stats_text(stats, Fingerprint.from_json(stats.model).label))
+        click.echo(stats_text(stats, Fingerprint.from_json(stats.model).label, details))
 
 
 @cli.command()
@@ -385,31 +450,101 @@ def failures(as_json: bool, db: str | None, config_file: str | None) -> None:
     show_default=True,
     help="Seconds between burst shots.",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per group.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per group, then one summary object.")
+@click.option(
+    "--print-deletable",
+    is_flag=True,
+    help="Print only the paths that could go (keepers kept), one a line, for xargs -d '\\n'.",
+)
+@click.option(
+    "--move-to",
+    "move_to",
+    type=click.Path(),
+    help="Move what could go under this folder, keeping its folder structure (a dry run without --yes).",
+)
+@click.option("--yes", is_flag=True, help="With --move-to: really move the files (and remove their rows).")
+@click.option("--with-similar", is_flag=True, help="Count similar shots (bursts) as deletable too, keeper kept.")
 @db_options
 def duplicates(
-    near: float, similar: float, burst: float, as_json: bool, db: str | None, config_file: str | None
+    near: float,
+    similar: float,
+    burst: float,
+    as_json: bool,
+    print_deletable: bool,
+    move_to: str | None,
+    yes: bool,
+    with_similar: bool,
+    db: str | None,
+    config_file: str | None,
 ) -> None:
-    """Groups of duplicates: exact (same bytes), near (re-encodes, resizes), similar shots (bursts)."""
-    from storage import Collection  # noqa: PLC0415 - see the module docstring
+    """Groups of duplicates: exact (same bytes), near (re-encodes, resizes), similar shots (bursts).
 
+    Each group keeps its original: the earliest capture time, then the earliest mtime, then a name
+    without a copy mark (copy, (1), - Copy, _1); near duplicates keep the largest picture first.
+    """
+    from pipeline.analyse import duplicates as dup  # noqa: PLC0415 - see the module docstring
+    from storage import Collection  # noqa: PLC0415
+
+    if sum((as_json, print_deletable, move_to is not None)) > 1:
+        raise click.UsageError("give one of --json, --print-deletable and --move-to")
+    if yes and move_to is None:
+        raise click.UsageError("--yes confirms --move-to DIR; give --move-to too")
     collection = Collection.open(_settings(config_file, db=db).db_uri)
     groups = find_duplicates(collection, near=near, similar=similar, burst_seconds=burst)
+    tiers = dup.TIERS if with_similar else dup.DELETABLE_TIERS
+    summary = dup.summarise(groups, tiers)
     if not groups:
         click.echo("no duplicates", err=True)
+    if print_deletable:
+        going = dup.deletable(groups, tiers)
+        for m in going:
+            if "\n" in m.path:
+                click.echo(f"note: left out {m.path!r}: its name holds a line break", err=True)
+            else:
+                click.echo(m.path)
+        click.echo(dup.summary_text(summary), err=True)
+        return
+    if move_to is not None:
+        planned = dup.plan_moves(collection, groups, move_to, tiers)
+        target = os.path.abspath(move_to)
+        base = dup.common_folder(collection)
+        if base != os.sep and (target + os.sep).startswith(base.rstrip(os.sep) + os.sep):
+            click.echo(f"note: {target} is inside {base}, which holds the collection's files: the next "
+                       "ingest of that folder finds the moved files again", err=True)  # fmt: skip
+        if not yes:
+            for move in planned:
+                click.echo(f"would move {move.source} -> {move.target}")
+            size = dup.size_text(sum(m.size for m in planned))
+            click.echo(f"dry run: {len(planned)} files ({size}) would move to {target}; add --yes to move them",
+                       err=True)  # fmt: skip
+            return
+        report = dup.move_files(
+            collection, planned, on_move=lambda move: click.echo(f"moved {move.source} -> {move.target}")
+        )
+        for path, reason in report.skipped:
+            click.echo(f"skipped {path}: {reason}", err=True)
+        size = dup.size_text(sum(m.size for m in report.moved))
+        click.echo(f"moved {len(report.moved)} files ({size}) to {target}, {len(report.skipped)} skipped; "
+                   "their rows were removed from the collection", err=True)  # fmt: skip
+        return
     for group in groups:
         if as_json:
             members = [
-                {"id": m.id, "path": m.path, "width": m.width, "height": m.height, "score": m.score}
+                {"id": m.id, "path": m.path, "width": m.width, "height": m.height, "size": m.size, "score": m.score}
                 for m in group.members
             ]
-            click.echo(
-                json.dumps({"tier": group.tier, "keeper": group.keeper.path, "members": members}, ensure_ascii=False)
-            )
+            line = {"tier": group.tier, "keeper": group.keeper.path, "why": group.why, "members": members}
+            click.echo(json.dumps(line, ensure_ascii=False))
         else:
-            click.echo(f"{group.tier} ({len(group.members)}): keep {group.keeper.path}")
+            click.echo(f"{group.tier} ({len(group.members)}): keep {group.keeper.path} ({group.why})")
             for m in group.members:
-                click.echo(f"  {m.score:.4f}  {m.width}x{m.height}  {m.path}")
+                click.echo(f"  {m.score:.4f}  {m.width}x{m.height}  {dup.size_text(m.size):>8}  {m.path}")
+    if as_json:
+        totals: dict[str, Any] = {"groups": summary.groups, **summary.by_tier, "files": summary.files}
+        totals |= {"deletable": summary.deletable, "deletable_bytes": summary.deletable_bytes, "tiers": summary.tiers}
+        click.echo(json.dumps({"summary": totals}))
+    elif groups:
+        click.echo(dup.summary_text(summary))
 
 
 @cli.command()
@@ -444,13 +579,26 @@ def cluster_command(k: int | None, auto: bool, as_json: bool, **flags: Any) -> N
     if (k is None) == (not auto):
         raise click.UsageError("give -k N or --auto")
     lib = _open(**flags)
-    found = run_cluster(lib.collection, lib.encoder, k)
+    found = run_cluster(lib.collection, lib.encoder, k, chose=_say_k)
     for c in found:
         if as_json:
             click.echo(json.dumps({"cluster": c.number, "name": c.name, "images": c.size}))
         else:
             click.echo(f"{c.number:>3}  {c.size:>6} images  {c.name}")
     click.echo(f'stored in cluster and cluster_name; e.g. --where "cluster = {found[0].number}"', err=True)
+
+
+def _say_k(choice: KChoice) -> None:
+    ranked = choice.ranked
+    if not ranked:
+        click.echo(f"chose k={choice.k}: {choice.sample} images are too few to compare k by silhouette", err=True)
+        return
+    why = f"best silhouette {ranked[0][1]:.3f}"
+    if len(ranked) > 1:
+        why += f", runner-up k={ranked[1][0]} {ranked[1][1]:.3f}"
+    first, last = choice.silhouettes[0][0], choice.silhouettes[-1][0]
+    tried = f"k={first}" if first == last else f"k={first}..{last}"
+    click.echo(f"chose k={choice.k}: {why} ({tried} tried on {choice.sample} images)", err=True)
 
 
 @cli.command(name="map")
@@ -485,8 +633,10 @@ def reembed(as_json: bool, **flags: Any) -> None:
     if not settings.model:
         raise click.UsageError("name the new model: --model NAME [--pretrained TAG], or --model local-dir:PATH")
     collection = Collection.open(settings.db_uri)
-    encoder = models.load_encoder(encoder_spec(settings))
+    spec = encoder_spec(settings)
     with _progress_bar() as progress:
+        with _saying_model(spec.label, progress):
+            encoder = models.load_encoder(spec)
         report = run_reembed(
             collection,
             encoder,
@@ -525,29 +675,78 @@ def evaluate_command(folder: str, captions: str | None, as_json: bool, **flags: 
         data = {"model": report.model, "images": report.images}
         data |= {f"text_to_image_R@{k}": v for k, v in report.text_to_image.items()}
         data |= {f"image_to_text_R@{k}": v for k, v in report.image_to_text.items()}
+        data |= {f"chance_R@{k}": v for k, v in report.chance.items()}
+        data["warning"] = report.warning  # null when there are enough captioned images
         click.echo(json.dumps(data))
+        if report.warning:
+            click.echo(f"warning: {report.warning}", err=True)
     else:
         rows = [("direction", *(f"R@{k}" for k in report.text_to_image))]
         rows.append(("text -> image", *(f"{v:.3f}" for v in report.text_to_image.values())))
         rows.append(("image -> text", *(f"{v:.3f}" for v in report.image_to_text.values())))
+        rows.append(("by chance", *(f"{v:.3f}" for v in report.chance.values())))
         click.echo(f"{report.model}, {report.images} captioned images\n{align_rows(rows)}")
+        if report.warning:
+            click.echo(f"warning: {report.warning}")
 
 
 @cli.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535), help="TCP port.")
 @click.option("--token", help="Require this token on every request [env CLIPDEX_TOKEN].")
+@click.option(
+    "--watch",
+    "watch_paths",
+    multiple=True,
+    type=click.Path(exists=True, file_okay=False),
+    help="Also keep the collection in line with this folder, as clipdex watch does (repeatable).",
+)
 @model_options
-def serve(host: str, port: int, token: str | None, **flags: Any) -> None:
+def serve(host: str, port: int, token: str | None, watch_paths: tuple[str, ...], **flags: Any) -> None:
     """Serve the HTTP API and the web page, with the model loaded once."""
     from pipeline.server.app import serve as run_server  # noqa: PLC0415 - see the module docstring
 
     settings = _settings(flags.pop("config_file"), token=token, **flags)
     if host not in LOOPBACK and not settings.token:
         raise click.UsageError(f"--host {host} is reachable from other machines: set --token or CLIPDEX_TOKEN")
-    lib = _open(settings=settings)
+    _check_can_listen(host, port)  # before the model loads: a busy port is known in a millisecond
+    lib = _open(create=bool(watch_paths), settings=settings)
+    watcher = _start_watcher(lib, watch_paths) if watch_paths else None
     click.echo(f"serving {lib.collection.uri} at http://{host}:{port}/ (Ctrl-C stops)", err=True)
-    run_server(lib, host, port, settings.token)
+    try:
+        run_server(lib, host, port, settings.token)
+    finally:
+        if watcher is not None:
+            watcher.stop()  # after the server: a sync in progress ends after the batch being written
+
+
+def _check_can_listen(host: str, port: int) -> None:
+    """Bind (host, port) once and let go, as uvicorn will bind it, so that a port in use or an
+    address of another machine is said in one line."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (socket.gaierror, UnicodeError) as exc:
+        raise BadOption(f"--host {host}: not an address or a known host name; give e.g. --host 127.0.0.1") from exc
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn: a port in TIME_WAIT is free
+        try:
+            probe.bind(address)
+        except PermissionError as exc:
+            raise BadOption(
+                f"--port {port}: not allowed to listen on it (ports below 1024 need root); "
+                "choose another --port, e.g. --port 8000"
+            ) from exc
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise BadOption(
+                    f"--port {port}: already in use on {host} (another clipdex serve?); "
+                    f"choose another --port, e.g. --port {port + 1}"
+                ) from exc
+            raise BadOption(
+                f"--host {host}: cannot listen there ({exc.strerror}); give an address of this machine, "
+                "e.g. --host 127.0.0.1"
+            ) from exc
 
 
 def _stored_fingerprint(settings: Settings) -> Fingerprint | None:
@@ -581,7 +780,7 @@ def _print_hits(hits: list[Hit], as_json: bool, as_paths: bool, min_score: float
     elif as_paths:
         click.echo(hits_paths(hits))
     else:
-        click.echo(hits_table(hits))
+        click.echo(hits_table(hits, width=terminal_width()))
 
 
 @cli.command(name="verify")
@@ -627,33 +826,129 @@ def verify_command(repair: bool, as_json: bool, **flags: Any) -> None:
         sys.exit(1)
 
 
+@cli.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--include", multiple=True, help="Only files matching this glob (repeatable).")
+@click.option("--exclude", multiple=True, help="Skip files and folders matching this glob (repeatable).")
+@click.option(
+    "--workers", type=click.IntRange(min=0), help="Decode processes; 0 decodes in-process [default: the CPUs]."
+)
+@click.option("--prune-empty", is_flag=True, help="Remove stored images under a root that has none left.")
+@click.option("--poll", is_flag=True, help="Poll instead of inotify (network drives, where no events come).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON lines: one per sync and per notice.")
+@model_options
+def watch(paths: tuple[str, ...], prune_empty: bool, poll: bool, as_json: bool, **flags: Any) -> None:
+    """Keep the collection in line with PATHS: a full sync now, then one after each change (Ctrl-C stops)."""
+    from pipeline.maintain.watch import Watcher  # noqa: PLC0415 - see the module docstring
+
+    lib = _open(create=True, **flags)
+    out = _WatchOutput(as_json)
+    stop = threading.Event()
+    watcher = Watcher(
+        lib, list(paths), poll=poll, prune_empty=prune_empty, on_sync=out.sync, on_notice=out.notice, stop=stop
+    )
+    with _first_interrupt_stops(stop):
+        watcher.run()
+
+
+def _start_watcher(lib: Clipdex, paths: tuple[str, ...]) -> Watcher:
+    """serve --watch: a Watcher in a thread of the server's process, its lines on stderr."""
+    from pipeline.maintain.watch import Watcher  # noqa: PLC0415 - see the module docstring
+
+    out = _WatchOutput(as_json=False, err=True)
+    watcher = Watcher(lib, list(paths), on_sync=out.sync, on_notice=out.notice)
+    watcher.start()
+    return watcher
+
+
+class _WatchOutput:
+    """A watcher's lines: one per sync that changed something (and per full sync), notices on
+    stderr; with as_json, JSON lines ({"event": "sync", ...} or the notice's kind)."""
+
+    def __init__(self, as_json: bool, err: bool = False) -> None:
+        self.as_json = as_json
+        self.err = err
+
+    def sync(self, synced: Synced) -> None:
+        r = synced.report
+        if self.as_json:
+            failures = [{"path": f.path, "reason": f.reason} for f in r.new_failures]
+            data = {"event": "sync", **r.counts(), "new_failures": failures, "notes": r.notes}
+            data |= {"folders": list(synced.scopes), "full": synced.full, "interrupted": r.interrupted}
+            click.echo(json.dumps(data | {"seconds": round(synced.seconds, 3)}, ensure_ascii=False), err=self.err)
+            return
+        for note in r.notes:
+            click.echo(f"note: {note}", err=True)
+        counts = [(r.added, "+{} new"), (r.updated, "{} changed"), (r.moved, "{} moved"), (r.removed, "{} removed")]
+        counts += [(r.captions, "{} captions"), (len(r.new_failures), "{} failed")]
+        parts = ", ".join(form.format(n) for n, form in counts if n)
+        if synced.full:
+            parts = f"full sync of {', '.join(synced.scopes)}: {parts or 'no changes'}"
+        if parts:
+            stopped = "; interrupted, the rest at the next start" if r.interrupted else ""
+            click.echo(f"{parts} ({synced.seconds:.1f} s){stopped}", err=self.err)
+        for line in failure_lines(r.new_failures, limit=MAX_PROBLEMS_SHOWN):
+            click.echo(line, err=self.err)
+
+    def notice(self, notice: Notice) -> None:
+        if self.as_json:
+            data = {"event": notice.kind, "message": notice.message, "path": notice.path}
+            click.echo(json.dumps(data, ensure_ascii=False), err=self.err)
+        else:
+            click.echo(notice.message, err=True)
+
+
+def _stderr_is_terminal() -> bool:
+    return sys.stderr.isatty()
+
+
 class _progress_bar:
-    """A rich progress bar on stderr when it is a terminal; silent otherwise."""
+    """Progress on stderr when it is a terminal (render.ProgressView); silent otherwise."""
 
     def __init__(self) -> None:
-        self._bar: Any = None
-        self._tasks: dict[str, Any] = {}
+        self._view: ProgressView | None = None
 
     def __enter__(self) -> Callable[[Progress], None] | None:
-        if not sys.stderr.isatty():
+        if not _stderr_is_terminal():
             return None
-        from rich.progress import Progress as RichProgress  # noqa: PLC0415 - only on terminals
+        from rich.console import Console  # noqa: PLC0415 - only on terminals
 
-        self._bar = RichProgress(transient=True)
-        self._bar.start()
-        return self._update
+        self._view = ProgressView(Console(file=sys.stderr, force_terminal=True))
+        return self._view.__enter__()
 
     def __exit__(self, *exc: object) -> None:
-        if self._bar is not None:
-            self._bar.stop()
+        if self._view is not None:
+            self._view.__exit__(*exc)
 
-    def _update(self, event: Progress) -> None:
-        labels = {"hash": "checking moved files", "embed": "embedding", "verify files": "reading files"}
-        if event.phase not in labels:
-            return
-        if event.phase not in self._tasks:
-            self._tasks[event.phase] = self._bar.add_task(labels[event.phase], total=event.total)
-        self._bar.update(self._tasks[event.phase], completed=event.done)
+
+@cli.command(name="export")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(("parquet", "csv", "npy")),
+    help="parquet and csv: one row per image, every column, vectors included (csv: as JSON arrays); "
+    "npy: FILE.npy the image vectors (n x d float32), FILE.ids.csv the id and path of each row, "
+    "FILE.captions.npy the caption vectors (NaN rows where none) [default: from --out's suffix].",
+)
+@click.option("--out", required=True, type=click.Path(), help="The file to write (.parquet, .csv or .npy).")
+@click.option("--where", help="Export only the rows this SQL filter picks, as in search --where.")
+@click.option("--force", is_flag=True, help="Replace --out (and its sidecars) if it exists.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@db_options
+def export_command(
+    fmt: str | None, out: str, where: str | None, force: bool, as_json: bool, db: str | None, config_file: str | None
+) -> None:
+    """Write every image's id, path, metadata and vectors to a file, streamed (memory stays flat)."""
+    from pipeline.maintain.export import export as run_export  # noqa: PLC0415 - see the module docstring
+    from storage import Collection  # noqa: PLC0415
+
+    collection = Collection.open(_settings(config_file, db=db).db_uri)
+    report = run_export(collection, out, format=fmt, where=where, force=force)
+    line = f"exported {report.rows} rows to {', '.join(report.files)} ({report.format}, {report.seconds:.1f} s)"
+    click.echo(line, err=True)
+    if as_json:
+        data = {"format": report.format, "rows": report.rows, "files": list(report.files), "bytes": report.bytes}
+        click.echo(json.dumps(data, ensure_ascii=False))
 
 
 def main() -> None:

@@ -4,6 +4,7 @@
   sources   list and read s3:// and gs:// objects
   captions  manifests, sidecar files, image descriptions; which caption a row gets
   decode    one file -> pixels for the model, or a one-line failure (runs in worker processes)
+  video     one video file -> its facts and sampled moments (PyAV; runs in worker processes too)
   pool      a bounded pool of decode processes
   plan      what a run will decode, move, delete and re-caption
   embed     the one embed step: pixels -> vectors -> finite check -> rows (local, Ray, reembed)

@@ -1,4 +1,8 @@
-"""Captions from sidecar files and CSV / JSON Lines manifests, and image descriptions in XMP."""
+"""Captions from sidecar files and CSV / JSON Lines manifests, and image descriptions in EXIF / XMP.
+
+A camera's own boilerplate in those descriptions (OLYMPUS DIGITAL CAMERA, SONY DSC, a file or
+folder name, the camera's make and model) is not a caption: is_boilerplate says which are.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ import html
 import io
 import json
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -71,10 +76,102 @@ def sidecar_stamp(path: str | None) -> str | None:
 
 
 def choose_caption(planned: Caption | None, description: str | None) -> Caption:
-    """The planned caption, else the image's own EXIF/XMP description, else none."""
+    """The planned caption, else the image's own EXIF/XMP description unless it is a camera's
+    boilerplate, else none.
+
+    Checked here as well as when decoding, so that rows stored before the rule lose their
+    boilerplate caption at the next ingest without their files being decoded again.
+    """
     if planned is not None:
         return planned
-    return (description, "embedded") if description else (None, None)
+    return (description, "embedded") if description and not is_boilerplate(description) else (None, None)
+
+
+EXIF_MAKE = 0x010F
+EXIF_MODEL = 0x0110
+EXIF_DESCRIPTION = 0x010E
+
+# Whole descriptions that cameras, phones and tools write when nobody wrote one.
+_BOILERPLATE_TEXTS = frozenset(
+    {"UNTITLED", "DEFAULT", "IMAGE", "PICTURE", "PHOTO", "DESCRIPTION", "NONE", "NULL", "N/A", "NA", "JPEG", "JPG",
+     "EXIF_JPEG_PICTURE", "EXIF JPEG PICTURE", "EXIF_JPEG_422", "CREATED WITH GIMP", "SCREENSHOT", "SCREEN SHOT",
+     "LEAD TECHNOLOGIES INC. V1.01", "DIGITAL STILLCAMERA", "DIGITAL STILL CAMERA", "DIGITAL CAMERA", "DSC",
+     "CAMERA", "MY CAMERA", "PHONE", "IPHONE", "ANDROID"}
+)  # fmt: skip
+# Camera makers whose name alone (or with a model code) is never a caption, even without the
+# file's EXIF Make to compare with (a row stored before this rule). Names that are also common
+# words (Apple, Sharp, Google) are left to the EXIF comparison.
+CAMERA_BRANDS = frozenset(
+    {"CANON", "NIKON", "SONY", "OLYMPUS", "PANASONIC", "FUJIFILM", "FUJI", "KODAK", "EASTMAN", "KONICA", "MINOLTA",
+     "PENTAX", "RICOH", "LEICA", "CASIO", "SANYO", "SAMSUNG", "HUAWEI", "XIAOMI", "GOPRO", "DJI", "HASSELBLAD",
+     "NOKIA", "MOTOROLA", "ONEPLUS", "KYOCERA", "PRAKTICA", "VIVITAR", "POLAROID", "AGFA", "AGFAPHOTO",
+     "HEWLETT-PACKARD", "KENOX", "DIGIMAX", "SIGMA", "MAMIYA", "JENOPTIK", "BENQ", "TOSHIBA", "EPSON"}
+)  # fmt: skip
+# Words around a make and model: corporate suffixes, product lines, the camera's own label.
+_CAMERA_WORDS = frozenset(
+    {"CORPORATION", "CORP", "CO", "LTD", "INC", "IMAGING", "COMPANY", "ELECTRIC", "COMPUTER", "OPTICAL", "PHOTO",
+     "TECHWIN", "DIGITAL", "STILL", "STILLCAMERA", "CAMERA", "DSC", "EOS", "POWERSHOT", "IXUS", "COOLPIX",
+     "CYBER-SHOT", "CYBERSHOT", "ALPHA", "LUMIX", "FINEPIX", "EASYSHARE", "OPTIO", "STYLUS", "DIMAGE", "EXILIM",
+     "GALAXY", "MARK", "II", "III", "IV", "ZOOM", "HERO", "MAVIC", "PHANTOM", "AG", "GMBH", "KK"}
+)  # fmt: skip
+# File and folder names: IMG_1234, DSC_0001, DSCN0042, P1010001, PXL_20230101_123456789,
+# IMG-20230101-WA0001, 100-0012, DCIM\100MEDIA, 100CANON.
+_FILE_NAME = re.compile(
+    r"_?(?:[A-Z]{1,6}[_-]?)?\d{3,}(?:[_-][A-Z0-9]+)*(?:\.(?:JPE?G|TIFF?|PNG|HEIC|DNG|RAW|CR2|NEF|ARW))?"
+    r"|_?(?:DSC|DSCF|DSCN|IMG|PICT|CIMG|SAM|DJI|GOPR|PXL|MVIMG)[_-]?[A-Z]?\d[A-Z0-9_-]*(?:\.[A-Z0-9]{3,4})?"
+    r"|[\\/]?DCIM(?:[\\/][A-Z0-9_ -]*)*|\d{3}[A-Z_]{5}"
+)
+_DIGITAL_CAMERA = re.compile(r"(?:[A-Z0-9-]+ ){0,3}DIGITAL (?:STILL ?)?CAMERA")
+
+
+def is_boilerplate(text: str, make: str | None = None, model: str | None = None) -> bool:
+    """True when an embedded description says nothing about the picture: empty or punctuation,
+    a camera's label (OLYMPUS DIGITAL CAMERA, SONY DSC, <Digimax S500>), a file or folder name
+    (IMG_1234, DCIM\\100MEDIA), or only the words of the camera's make and model (those given,
+    from the same file's EXIF, or a known maker's name with a model code)."""
+    line = " ".join(text.split())
+    upper = line.upper()
+    if not re.search(r"\w", line) or upper in _BOILERPLATE_TEXTS:
+        return True
+    if re.fullmatch(r"<[^<>]*>", line):  # Samsung's <Digimax S500 / Kenox S500>
+        return True
+    if _FILE_NAME.fullmatch(upper):
+        return True
+    # "OLYMPUS DIGITAL CAMERA", "KODAK Digital Still Camera": a few words in capitals, or a maker.
+    found = _DIGITAL_CAMERA.fullmatch(upper)
+    if found and (line == upper or set(_words(upper)) - {"DIGITAL", "STILL", "CAMERA"} <= CAMERA_BRANDS):
+        return True
+    words = _words(upper)
+    camera = set(_words(f"{make or ''} {model or ''}".upper()))
+    if camera and set(words) <= camera | _CAMERA_WORDS and set(words) & camera:
+        return True
+    # A known maker alone or with model codes and product lines: "SONY DSC", "Canon PowerShot S95".
+    return (
+        bool(words)
+        and words[0] in CAMERA_BRANDS
+        and all(w in CAMERA_BRANDS or w in _CAMERA_WORDS or re.search(r"\d", w) for w in words[1:])
+    )
+
+
+def _words(upper: str) -> list[str]:
+    """The words of an upper-case text, with the punctuation around them (and dots) dropped."""
+    return [w for w in (raw.strip(".,;:()[]<>/\\\"'").replace(".", "") for raw in upper.split()) if w]
+
+
+def image_description(exif: Mapping[int, object], xmp: bytes | str | None) -> str | None:
+    """An image's own description: EXIF ImageDescription, else XMP dc:description, leaving out
+    a camera's boilerplate (is_boilerplate, compared with the same file's EXIF Make and Model)."""
+    make, model = _exif_text(exif.get(EXIF_MAKE)), _exif_text(exif.get(EXIF_MODEL))
+    for text in (clean_caption(_exif_text(exif.get(EXIF_DESCRIPTION))), xmp_description(xmp)):
+        if text and not is_boilerplate(text, make, model):
+            return text
+    return None
+
+
+def _exif_text(value: object) -> str | None:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace").rstrip("\x00")
+    return value.rstrip("\x00") if isinstance(value, str) else None
 
 
 def clean_caption(text: str | None) -> str | None:

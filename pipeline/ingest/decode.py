@@ -21,7 +21,7 @@ from models.transform import ImageTransform
 from pipeline.config import DEFAULT_MAX_PIXELS
 from pipeline.errors import first_line
 from pipeline.ingest.captions import clean_caption, xmp_description
-from pipeline.ingest.sources import read_bytes
+from pipeline.ingest.sources import open_binary, read_bytes
 from storage.records import ImageRecord
 
 pillow_heif.register_heif_opener()
@@ -114,12 +114,27 @@ class Hashed:
     hash: str
 
 
-def hash_file(path: str) -> Hashed | DecodeFailed:
-    """Only the content hash: to recognise a moved file without decoding it."""
+HASH_CHUNK = 4 * 2**20  # bytes read at a time when hashing a file: a video is never read whole
+
+
+def file_hash(path: str) -> tuple[str, int] | DecodeFailed:
+    """(content_hash of the file's bytes, its size), read in pieces; never raises."""
+    digest = hashlib.blake2b(digest_size=16)
+    size = 0
     try:
-        return Hashed(path, content_hash(read_bytes(path)))
+        with open_binary(path) as f:
+            while chunk := f.read(HASH_CHUNK):
+                digest.update(chunk)
+                size += len(chunk)
     except OSError as exc:
         return DecodeFailed(path, f"cannot read: {exc.strerror or exc}")
+    return digest.hexdigest(), size
+
+
+def hash_file(path: str) -> Hashed | DecodeFailed:
+    """Only the content hash: to recognise a moved file without decoding it."""
+    result = file_hash(path)
+    return result if isinstance(result, DecodeFailed) else Hashed(path, result[0])
 
 
 def decode_file(path: str, transform: ImageTransform, max_pixels: int) -> Decoded | DecodeFailed:

@@ -4,25 +4,27 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from pipeline.ingest.decode import DecodeFailed, decode_file
+from pipeline.ingest.decode import DecodeFailed
 from pipeline.ingest.embed import Batches
 from pipeline.ingest.progress import Progress
 from pipeline.ingest.scan import ScannedFile
 from pipeline.ingest.sync import Sync, finish_writes
+from pipeline.ingest.video import decode_media
 
 if TYPE_CHECKING:
     from storage import Collection
 
 
 class LocalEngine:
-    """Decoded files are embedded a batch at a time and committed every commit_rows rows (or
-    COMMIT_SECONDS), so an interrupted run keeps what it finished."""
+    """Decoded files (images, and videos' moments) are embedded a batch at a time and committed
+    every commit_rows rows (or COMMIT_SECONDS), so an interrupted run keeps what it finished."""
 
     def embed(self, files: list[ScannedFile], sync: Sync) -> None:
         """Decode in sync's pool, embed in batches, commit through sync; stop early when asked."""
         by_path = {f.path: f for f in files}
         batches = Batches(sync.encoder)
-        results = sync.pool.map(decode_file, list(by_path), sync.encoder.transform, sync.options.max_pixels)
+        options = sync.options
+        results = sync.pool.map(decode_media, list(by_path), sync.encoder.transform, options.max_pixels, options.video)
         for done, result in enumerate(results, 1):
             f = by_path[result.path]
             if isinstance(result, DecodeFailed):

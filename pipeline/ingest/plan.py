@@ -17,6 +17,7 @@ from pipeline.ingest.pool import DecodePool
 from pipeline.ingest.progress import Progress, ProgressFn
 from pipeline.ingest.scan import ScannedFile, ScanResult
 from pipeline.ingest.sources import is_uri
+from pipeline.ingest.video import Sampling
 from storage import Failure, FileState, Moved
 
 
@@ -35,6 +36,7 @@ class IngestOptions:
     commit_rows: int = 2048  # rows per commit (or every COMMIT_SECONDS): what a crash can lose
     force: frozenset[str] = frozenset()  # paths to read again even if their size and mtime match
     follow_links: bool = False  # also walk folder symlinks pointing outside the roots given
+    video: Sampling = field(default_factory=Sampling)  # --video-interval, --video-max-frames
 
 
 @dataclass

@@ -32,11 +32,14 @@ from typing import Any, TypeVar
 
 from pipeline.errors import EngineError, first_line
 from pipeline.ingest.decode import DecodeFailed
+from pipeline.ingest.scan import VIDEO_EXTENSIONS
 
 T = TypeVar("T")
 TASKS_PER_WORKER = 4  # files held by a worker: enough that it never idles on the round trip
 RESULTS_PER_WORKER = 8  # results waiting for the caller, per worker: what bounds memory
 DECODE_TIMEOUT_S = 120.0  # a file that takes longer is a failure (a decoder that never returns)
+# A video's own limit (video.DECODE_BUDGET_S, 900 s) ends it first; this is for a decoder stuck in C.
+VIDEO_TIMEOUT_S = 960.0
 START_TIMEOUT_S = 120.0  # a worker that has not started by then will not
 PARENT_POLL_S = 1.0  # how often a worker checks that its parent is alive, where no kernel tells it
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
@@ -99,9 +102,12 @@ class _Worker:
 class DecodePool:
     """Runs a function over paths in worker processes, results in completion order, memory bounded."""
 
-    def __init__(self, workers: int, *, timeout: float = DECODE_TIMEOUT_S) -> None:
+    def __init__(
+        self, workers: int, *, timeout: float = DECODE_TIMEOUT_S, video_timeout: float = VIDEO_TIMEOUT_S
+    ) -> None:
         self.workers = workers
         self.timeout = timeout
+        self.video_timeout = video_timeout
         self._context = multiprocessing.get_context("spawn")
         self._pool: list[_Worker] = []
 
@@ -178,7 +184,7 @@ class DecodePool:
     def _collect(self, busy: list[_Worker], suspects: list[str], again: deque[str]) -> Iterator[Any]:
         """Wait for results (or deaths, or a time limit) from the busy workers."""
         now = time.monotonic()
-        deadline = min(w.since + self.timeout for w in busy)
+        deadline = min(w.since + self._limit(w.held[0]) for w in busy)
         wait([w.conn for w in busy] + [w.process.sentinel for w in busy], timeout=max(0.0, deadline - now))
         for worker in busy:
             try:
@@ -189,18 +195,19 @@ class DecodePool:
             if worker.held and not worker.process.is_alive():
                 suspects.extend(worker.held)
                 self._replace(worker)
-            elif worker.held and time.monotonic() - worker.since > self.timeout:
+            elif worker.held and time.monotonic() - worker.since > self._limit(worker.held[0]):
                 slow = worker.held.popleft()
                 again.extend(worker.held)
                 self._replace(worker, kill=True)
-                yield DecodeFailed(slow, f"decoding took longer than {self.timeout:g} s; the file was skipped")
+                yield DecodeFailed(slow, f"decoding took longer than {self._limit(slow):g} s; the file was skipped")
 
     def _alone(self, fn: Callable[..., Any], path: str, args: tuple[Any, ...]) -> Any:
         """Decode one suspect with no other file in flight on its worker."""
         worker = self._pool[0]
         worker.send(fn, path, args)
+        limit = self._limit(path)
         while True:
-            wait([worker.conn, worker.process.sentinel], timeout=self.timeout)
+            wait([worker.conn, worker.process.sentinel], timeout=limit)
             try:
                 if worker.conn.poll():
                     return worker.receive()
@@ -210,9 +217,13 @@ class DecodePool:
                 reason = f"the decoder crashed on this file ({worker.death()})"
                 self._replace(worker)
                 return DecodeFailed(path, reason)
-            if time.monotonic() - worker.since > self.timeout:
+            if time.monotonic() - worker.since > limit:
                 self._replace(worker, kill=True)
-                return DecodeFailed(path, f"decoding took longer than {self.timeout:g} s; the file was skipped")
+                return DecodeFailed(path, f"decoding took longer than {limit:g} s; the file was skipped")
+
+    def _limit(self, path: str) -> float:
+        """How long a file may take: a video longer than a photo."""
+        return self.video_timeout if os.path.splitext(path)[1].lower() in VIDEO_EXTENSIONS else self.timeout
 
     def _start(self) -> None:
         """Start every worker now, each importing only what decoding needs, and wait for them."""

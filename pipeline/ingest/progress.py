@@ -8,11 +8,13 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Progress:
-    """A progress event: phase is 'scan', 'hash', 'embed', 'verify files', 'verify vectors' or 'done'."""
+    """A progress event: phase is 'model' (done 0: loading, 1: loaded; label names the model),
+    'scan', 'hash', 'embed', 'verify files', 'verify vectors' or 'done'."""
 
     phase: str
     done: int
     total: int
+    label: str = ""
 
 
 ProgressFn = Callable[[Progress], None]

@@ -35,6 +35,7 @@ from pipeline.ingest.local import LocalEngine
 from pipeline.ingest.progress import Progress
 from pipeline.ingest.scan import ScannedFile
 from pipeline.ingest.sync import Sync, finish_writes
+from pipeline.ingest.video import is_video
 from storage import IndexSpec, conform, records_table
 
 if TYPE_CHECKING:
@@ -97,8 +98,19 @@ class RayEngine:
         self.options = options
 
     def embed(self, files: list[ScannedFile], sync: Sync) -> None:
-        """Each chunk: decode in tasks, embed in actors, write from the workers, settle on the driver."""
-        if not files:
+        """Each chunk: decode in tasks, embed in actors, write from the workers, settle on the driver.
+
+        Videos are decoded by this machine's decode pool and embedded here (a video is many rows,
+        which the one-row-per-file Ray job does not make yet); the run says so in a note."""
+        videos = [f for f in files if is_video(f.path)]
+        if videos:
+            sync.report.notes.append(
+                f"{len(videos)} video{'s were' if len(videos) != 1 else ' was'} decoded and embedded on this machine: "
+                "the Ray engine decodes photos only so far"
+            )
+            LocalEngine().embed(videos, sync)
+            files = [f for f in files if not is_video(f.path)]
+        if not files or sync.stop.is_set():
             return
         start_ray(self.options)
         for start in range(0, len(files), CHUNK_FILES):

@@ -34,6 +34,9 @@ IMAGE_EXTENSIONS = frozenset(
 VIDEO_EXTENSIONS = frozenset(
     [".mp4", ".mov", ".m4v", ".avi", ".mkv", ".webm", ".mts", ".m2ts", ".3gp", ".wmv", ".mpg", ".mpeg"]
 )
+# A Live Photo's MOV beside its still (IMG_1.HEIC + IMG_1.MOV) belongs to the photo.
+LIVE_PHOTO_VIDEO = ".mov"
+LIVE_PHOTO_STILLS = (".heic", ".heif", ".jpg", ".jpeg")
 SIDECAR_EXTENSIONS = (".txt",)
 # Folders that hold thumbnails or trash made by NAS boxes, operating systems and photo tools.
 SKIPPED_FOLDERS = frozenset(
@@ -45,7 +48,7 @@ HEADER_BYTES = 16
 
 @dataclass(frozen=True, slots=True)  # one per file found: a million of them must stay small
 class ScannedFile:
-    """An image file found on disk."""
+    """An image or video file found on disk."""
 
     path: str  # absolute, symlinks kept as found
     size: int
@@ -55,11 +58,12 @@ class ScannedFile:
 
 @dataclass
 class ScanResult:
-    """Images found, plus files that looked like images but could not be read, and videos skipped."""
+    """Images and videos found, plus files that looked like images but could not be read."""
 
     files: list[ScannedFile] = field(default_factory=list)
     errors: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
-    videos: int = 0
+    videos: int = 0  # of the files, how many are videos
+    live_photos: int = 0  # Live Photo videos beside their stills: not listed (they belong to the photo)
     special: list[str] = field(default_factory=list)  # FIFOs, sockets, devices named like images: skipped
     listed: set[str] = field(default_factory=set)  # every object under URI roots, filtered or not
     # Folder symlinks pointing outside every root given: (link, real target), not walked.
@@ -81,7 +85,7 @@ def sniff_image(header: bytes) -> bool:
 
 
 class Scanner:
-    """Finds image files under roots, honouring include/exclude globs and skipping hidden folders.
+    """Finds image and video files under roots, honouring include/exclude globs and skipping hidden folders.
 
     A folder symlink pointing under a root given is an alias, not walked (its images are found
     under their real path); one pointing elsewhere is walked only with follow_links, else recorded
@@ -125,17 +129,22 @@ class Scanner:
         visited: set[tuple[int, int]] = set()
         for folder, names in self._folders(root, roots, visited, result):
             listing = set(names)
+            lowered = {n.lower() for n in names}
             for name in sorted(names):
                 path = os.path.join(folder, name)
                 if path in seen or name.startswith(".") or self._excluded(root, path, name):
                     continue
                 seen.add(path)
+                if _live_photo_video(name, lowered):
+                    result.live_photos += self._included(root, path, name)
+                    continue
                 self._consider(path, name, listing, result, included=self._included(root, path, name))
 
     def _list(self, root: str, result: ScanResult, seen: set[str]) -> None:
         """The images under an object-store prefix, by extension (objects are not opened to sniff)."""
         objects = list_objects(root)
         listing = {uri for uri, _, _ in objects}
+        lowered = {uri.lower() for uri in listing}
         prefix = root.rstrip("/") + "/"
         result.listed |= listing
         for uri, size, mtime_ns in objects:
@@ -155,8 +164,11 @@ class Scanner:
                 continue
             seen.add(uri)
             ext = os.path.splitext(name)[1].lower()
-            if ext in VIDEO_EXTENSIONS:
+            if _live_photo_video(uri, lowered):
+                result.live_photos += 1
+            elif ext in VIDEO_EXTENSIONS:
                 result.videos += 1
+                result.files.append(ScannedFile(uri, size, mtime_ns))
             elif ext in IMAGE_EXTENSIONS:
                 stem = uri[: len(uri) - len(ext)]
                 sidecar = next((c for c in (stem + ".txt", uri + ".txt") if c in listing), None)
@@ -234,22 +246,29 @@ class Scanner:
         included: bool = True,
         explicit: bool = False,
     ) -> None:
-        """Add path to the result if it is an image (by extension, else by its first bytes)."""
+        """Add path to the result if it is an image (by extension, else by its first bytes) or a video
+        (by extension)."""
         if not included:
             return
         ext = os.path.splitext(name)[1].lower()
-        if ext in VIDEO_EXTENSIONS:
-            result.videos += 1
+        video = ext in VIDEO_EXTENSIONS
+        known = video or ext in IMAGE_EXTENSIONS
+        if explicit and _live_photo_video(path, None):
+            result.live_photos += 1
             return
         try:
             info = os.stat(path)
         except OSError as exc:
-            if ext in IMAGE_EXTENSIONS or explicit:
+            if known or explicit:
                 result.errors.append((path, f"cannot read: {exc.strerror or exc} (a broken link?)"))
             return
         if not stat.S_ISREG(info.st_mode):
-            if ext in IMAGE_EXTENSIONS and not stat.S_ISDIR(info.st_mode):
+            if known and not stat.S_ISDIR(info.st_mode):
                 result.special.append(path)  # reading a FIFO or device could block or never end
+            return
+        if video:
+            result.videos += 1
+            result.files.append(ScannedFile(path, info.st_size, info.st_mtime_ns))
             return
         if ext not in IMAGE_EXTENSIONS and not explicit and not _has_image_header(path):
             return
@@ -266,6 +285,17 @@ def _matches(patterns: Sequence[str], root: str, path: str, name: str) -> bool:
     rel = os.path.relpath(path, root).replace(os.sep, "/").lower()
     candidates = (name.lower(), rel, "/" + rel, "/" + rel + "/")
     return any(fnmatch.fnmatchcase(c, p.lower()) for p in patterns for c in candidates)
+
+
+def _live_photo_video(path: str, lowered: set[str] | None) -> bool:
+    """A MOV with a HEIC or JPEG still of the same name beside it (looked up in the folder's
+    lower-cased listing, or on disk when there is none): the video half of a Live Photo."""
+    stem, ext = os.path.splitext(path)
+    if ext.lower() != LIVE_PHOTO_VIDEO:
+        return False
+    if lowered is None:
+        return any(os.path.isfile(stem + e) or os.path.isfile(stem + e.upper()) for e in LIVE_PHOTO_STILLS)
+    return any((stem + e).lower() in lowered for e in LIVE_PHOTO_STILLS)
 
 
 def _has_image_header(path: str) -> bool:

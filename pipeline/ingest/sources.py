@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import os
 import stat
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from pipeline.errors import InputNotFound, first_line
 
@@ -58,6 +58,25 @@ def read_bytes(path: str, limit: int | None = None) -> bytes:
     except OSError:
         raise
     except Exception as exc:  # other pyarrow errors (transport, auth) as the OSError callers expect
+        raise OSError(first_line(exc)) from exc
+
+
+def open_binary(path: str) -> BinaryIO:
+    """A file or object opened for reading in pieces (a video is never read whole); raises OSError
+    as read_bytes does. Objects are opened as seekable pyarrow files (ranged reads)."""
+    if not is_uri(path):
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            mode = os.fstat(fd).st_mode
+            os.close(fd)
+            raise NotRegularFile(f"{NOT_REGULAR} ({_kind(mode)})")
+        return os.fdopen(fd, "rb")
+    fs, key = _resolve(path)
+    try:
+        return fs.open_input_file(key)  # type: ignore[no-any-return]
+    except OSError:
+        raise
+    except Exception as exc:
         raise OSError(first_line(exc)) from exc
 
 

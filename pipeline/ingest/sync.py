@@ -25,6 +25,7 @@ from pipeline.ingest.pool import DecodePool
 from pipeline.ingest.progress import Progress, ProgressFn, no_progress
 from pipeline.ingest.scan import ScannedFile, Scanner
 from pipeline.ingest.sources import is_uri
+from pipeline.ingest.video import is_video
 from storage import CaptionUpdate, Compactor, Failure, FileState, IndexBuilder, Moved
 
 if TYPE_CHECKING:
@@ -42,7 +43,9 @@ class IngestReport:
     unchanged: int = 0
     failed: int = 0  # files in scope that cannot be ingested (new failures and known ones)
     captions: int = 0  # captions added, changed or removed without re-embedding the image
-    videos_skipped: int = 0
+    videos_skipped: int = 0  # video files not ingested (none since videos are ingested; kept for --json)
+    moments: int = 0  # rows embedded for videos' moments (added and updated videos)
+    live_photos: int = 0  # Live Photo videos beside their stills: part of the photo, not ingested
     new_failures: list[Failure] = field(default_factory=list)
     vanished: int = 0  # files that disappeared between the scan and their decoding
     interrupted: bool = False  # stopped on request (Ctrl-C) after a committed batch
@@ -113,6 +116,8 @@ class Sync:
         """The row this file becomes: a stored file keeps its id; size and mtime as scanned (if the
         file changed since, the next run sees a difference and checks it again)."""
         stored = self.states.get(f.path)
+        if is_video(f.path):
+            return Target(stored.id if stored else secrets.token_hex(8), f.size, f.mtime_ns)  # no captions
         stamp = sidecar_stamp(f.sidecar)
         caption = planned_caption(self.options.captions, f.path, f.sidecar, stored, self.unreadable_sidecars, stamp)
         return Target(stored.id if stored else secrets.token_hex(8), f.size, f.mtime_ns, caption, stamp)
@@ -146,10 +151,16 @@ class Sync:
     def commit(self) -> None:
         """Write what waits: new rows appended, changed ones replaced, touched rows, failures."""
         records = self.waiting.records
-        new = [r for r in records if r.path not in self.states]  # else it keeps the stored id
+        # A changed video's moments are other rows than before (other times): the old ones go right
+        # before the new ones land, so a kill between the two commits loses no file (the next run
+        # embeds it again, as new) and never leaves two sets of moments for a path.
+        redone = {r.file_id for r in records if r.kind == "video" and r.path in self.states and r.file_id}
+        self.collection.delete(redone)
+        new = [r for r in records if r.path not in self.states or r.kind == "video"]  # else it keeps its id
         self.collection.upsert(new, new=True)
-        self.collection.upsert([r for r in records if r.path in self.states])
-        self.stored_elsewhere([r.path for r in records])
+        self.collection.upsert([r for r in records if r.path in self.states and r.kind != "video"])
+        self.report.moments += sum(r.kind == "video" for r in records)
+        self.stored_elsewhere(list(dict.fromkeys(r.path for r in records)))  # a video once, not per moment
         if self.touched:
             self.collection.move(self.touched)
             self.clear_failures([t.path for t in self.touched])
@@ -208,7 +219,7 @@ class Ingester:
         opts = self.options
         scanner = Scanner(opts.include, opts.exclude, skip=[self.collection.uri], follow_links=opts.follow_links)
         scan = scanner.scan(roots)
-        report.videos_skipped = scan.videos
+        report.live_photos = scan.live_photos
         if scan.special:
             report.notes.append(
                 f"{len(scan.special)} files named like images are FIFOs, sockets or devices, not regular files: "
@@ -278,6 +289,8 @@ class Ingester:
         changes: list[tuple[str, str | None, str | None, str | None]] = []
         edited = 0
         for f, stored in files:
+            if stored.kind == "video":
+                continue  # videos have no captions (a sidecar's text is not a moment's)
             stamp = sidecar_stamp(f.sidecar)
             planned = planned_caption(self.options.captions, f.path, f.sidecar, stored, unreadable, stamp)
             caption, source = choose_caption(planned, stored.description)

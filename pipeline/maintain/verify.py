@@ -1,8 +1,9 @@
 """clipdex verify: is every row still true to its file, and is every vector sound? Repair what is not.
 
 A row is checked against its file (it exists, with the recorded size and content hash: the file is
-read, in the decode processes) and its vectors (finite, unit length). The collection is checked for
-paths stored twice and for failures recorded for paths that are stored. Repair removes the rows
+read in pieces, in the decode processes) and its vectors (finite, unit length). A video's moments are
+rows of one file: the file is read once for all of them. The collection is checked for paths stored
+as two files (two file ids) and for failures recorded for paths that are stored. Repair removes the rows
 of files that are gone (unless their whole folder is gone: an unmounted drive keeps its rows),
 re-ingests the files whose rows are off, and clears the contradicting failures.
 """
@@ -19,10 +20,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pyarrow as pa
 
-from pipeline.ingest.decode import DecodeFailed, content_hash
+from pipeline.ingest.decode import DecodeFailed, file_hash
 from pipeline.ingest.pool import DecodePool
 from pipeline.ingest.progress import Progress, ProgressFn
-from pipeline.ingest.sources import is_uri, read_bytes
+from pipeline.ingest.sources import is_uri, open_binary
 
 if TYPE_CHECKING:
     from storage import Collection
@@ -73,20 +74,30 @@ def verify(collection: Collection, *, workers: int = 0, progress: ProgressFn | N
         report.problems += [Problem(collection.uri, "damaged", line) for line in damage]
         report.seconds = time.monotonic() - started
         return report
-    rows: dict[str, list[tuple[int, str]]] = {}  # path -> [(size, hash)] of its rows
-    columns = ["path", "size", "hash", "vector", "caption_vector"]
+    rows: Files = {}
+    photo_rows: Counter[str] = Counter()  # path -> rows of kind image
+    columns = ["id", "file_id", "kind", "path", "size", "hash", "timestamp", "vector", "caption_vector"]
     total = collection.count()
     for batch in collection.iter_rows(columns, BATCH_ROWS):
         data = batch.to_pydict()
-        for path, size, digest in zip(data["path"], data["size"], data["hash"], strict=True):
-            rows.setdefault(path, []).append((size, digest))
-        _check_vectors(data["path"], batch.column("vector"), "image", report)
-        _check_vectors(data["path"], batch.column("caption_vector"), "caption", report)
+        for row_id, file_id, kind, path, size, digest in zip(
+            data["id"], data["file_id"], data["kind"], data["path"], data["size"], data["hash"], strict=True
+        ):
+            rows.setdefault(path, {}).setdefault(file_id or row_id, (size, digest))
+            photo_rows[path] += kind != "video"
+        names = [_row_name(p, t) for p, t in zip(data["path"], data["timestamp"], strict=True)]
+        _check_vectors(data["path"], names, batch.column("vector"), "image", report)
+        _check_vectors(data["path"], names, batch.column("caption_vector"), "caption", report)
         report.checked += batch.num_rows
         progress(Progress("verify vectors", report.checked, total))
-    for path, stored in rows.items():
-        if len(stored) > 1:
-            report.problems.append(Problem(path, "duplicate", f"{len(stored)} rows for one file"))
+    for path, files in rows.items():
+        # A video's moments share one file id: many rows, one file. Two file ids at one path, or
+        # two rows of one photo, are a file stored twice.
+        if len(files) > 1:
+            ids = ", ".join(sorted(files))
+            report.problems.append(Problem(path, "duplicate", f"stored as {len(files)} files (ids {ids})"))
+        elif photo_rows[path] > 1:
+            report.problems.append(Problem(path, "duplicate", f"{photo_rows[path]} rows for one photo"))
     stored_paths = set(rows)
     for failure in collection.failures():
         if failure.path in stored_paths:
@@ -96,26 +107,32 @@ def verify(collection: Collection, *, workers: int = 0, progress: ProgressFn | N
     return report
 
 
-def _check_vectors(paths: list[str], column: pa.Array, what: str, report: VerifyReport) -> None:
+Files = dict[str, dict[str, tuple[int, str]]]  # path -> file id -> (size, hash) recorded for it
+
+
+def _row_name(path: str, timestamp: float | None) -> str:
+    """'the image vector' of a photo's row; of a moment's: 'the image vector of the moment at 12.0 s'."""
+    return "" if timestamp is None else f" of the moment at {timestamp:.1f} s"
+
+
+def _check_vectors(paths: list[str], names: list[str], column: pa.Array, what: str, report: VerifyReport) -> None:
     """Each non-null vector of the column must be finite and of unit length."""
     valid = np.asarray(column.is_valid())
     if not valid.any():
         return
     present = column.filter(pa.array(valid))
     vectors = present.flatten().to_numpy(zero_copy_only=False).reshape(len(present), -1)
-    kept = [p for p, v in zip(paths, valid, strict=True) if v]
+    kept = [(p, n) for p, n, v in zip(paths, names, valid, strict=True) if v]
     finite = np.isfinite(vectors).all(axis=1)
     norms = np.linalg.norm(np.where(np.isfinite(vectors), vectors, 0), axis=1)
-    for path, ok, norm in zip(kept, finite, norms, strict=True):
+    for (path, name), ok, norm in zip(kept, finite, norms, strict=True):
         if not ok:
-            report.problems.append(Problem(path, "vector", f"{what} vector holds NaN or infinity"))
+            report.problems.append(Problem(path, "vector", f"{what} vector{name} holds NaN or infinity"))
         elif abs(norm - 1) > UNIT_TOLERANCE:
-            report.problems.append(Problem(path, "vector", f"{what} vector has length {norm:.4f}, not 1"))
+            report.problems.append(Problem(path, "vector", f"{what} vector{name} has length {norm:.4f}, not 1"))
 
 
-def _check_files(
-    rows: dict[str, list[tuple[int, str]]], workers: int, report: VerifyReport, progress: ProgressFn
-) -> None:
+def _check_files(rows: Files, workers: int, report: VerifyReport, progress: ProgressFn) -> None:
     present = []
     folders: dict[str, bool] = {}
     for path in rows:
@@ -136,7 +153,7 @@ def _check_files(
             if size < 0:
                 report.problems.append(Problem(path, "unreadable", digest))
                 continue
-            recorded_size, recorded_hash = rows[path][0]
+            recorded_size, recorded_hash = next(iter(rows[path].values()))  # a video's moments share them
             if size != recorded_size:
                 report.problems.append(Problem(path, "size", f"{size} bytes on disk, {recorded_size} recorded"))
             elif digest != recorded_hash:
@@ -144,14 +161,16 @@ def _check_files(
 
 
 def _size_and_hash(path: str) -> tuple[str, int, str] | DecodeFailed:
-    """Runs in a decode process: the file's size and content hash, as ingest computes them."""
+    """Runs in a decode process: the file's size and content hash, as ingest computes them (read in
+    pieces: a video is never held whole)."""
     try:
-        data = read_bytes(path)
+        open_binary(path).close()  # file_hash says why it cannot read, but not whether the file is gone
     except FileNotFoundError:
         return path, GONE, ""  # an object deleted from its bucket (files were checked before)
-    except OSError as exc:
-        return DecodeFailed(path, f"cannot read: {exc.strerror or exc}")
-    return path, len(data), content_hash(data)
+    except OSError:
+        pass  # file_hash gives the reason
+    result = file_hash(path)
+    return result if isinstance(result, DecodeFailed) else (path, result[1], result[0])
 
 
 def _has_entries(folder: str) -> bool:

@@ -12,12 +12,13 @@ share forward passes, and a full queue is a 503 with Retry-After, never a growin
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import hmac
 import io
 import time
 import warnings
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from importlib import resources
 from pathlib import Path
@@ -25,21 +26,36 @@ from typing import Annotated, Any
 
 import numpy as np
 import uvicorn
-from fastapi import FastAPI, File, HTTPException, Query, Request, Response, UploadFile
+from fastapi import Depends, FastAPI, File, HTTPException, Query, Request, Response, UploadFile
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, StreamingResponse
+from fastapi.staticfiles import StaticFiles
 from PIL import Image
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
+from swagger_ui_bundle import swagger_ui_path
 
 from models import ModelError
 from pipeline.config import TARGETS
 from pipeline.errors import BadOption, ClipdexError
-from pipeline.ingest.decode import FORMATS, DecodeFailed, decode_bytes
+from pipeline.ingest.decode import FORMATS, DecodeFailed, decode_bytes, thumbnail_of
 from pipeline.ingest.sources import is_uri, read_bytes
-from pipeline.library import Clipdex
+from pipeline.ingest.video import frame_at
+from pipeline.library import KINDS, Clipdex
 from pipeline.server.batching import Batcher, QueueFull, Stopped
-from pipeline.server.files import MEDIA_TYPES, check_indexed, chunks, media_type, open_indexed, read_indexed
+from pipeline.server.expression import parse_box
+from pipeline.server.files import (
+    MEDIA_TYPES,
+    RangeNotSatisfiable,
+    byte_range,
+    check_indexed,
+    chunks_from,
+    media_type,
+    open_indexed,
+    read_indexed,
+)
+from pipeline.server.filters import Filters, parse_filters
 from pipeline.server.limits import (
     DEFAULT_MAX_UPLOAD,
     GRACEFUL_SHUTDOWN_S,
@@ -53,29 +69,51 @@ from pipeline.server.limits import (
     BodyLimit,
     too_large,
 )
-from pipeline.server.thumbnails import THUMBNAIL_SIZES, ThumbnailCache, default_folder, make_thumbnail
+from pipeline.server.overview import Overview
+from pipeline.server.thumbnails import (
+    THUMBNAIL_QUALITY,
+    THUMBNAIL_SIZES,
+    ThumbnailCache,
+    default_folder,
+    make_thumbnail,
+)
 from pipeline.shapes import hit_dict, stats_dict
 from storage import BadFilter, ImageRecord, StorageError
 
 PAGE_HEADERS = {
     # The page is one file with inline script and style; it fetches only this server.
-    "Content-Security-Policy": "default-src 'self'; img-src 'self' data: blob:; style-src 'self' 'unsafe-inline'; "
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data: blob:; media-src 'self'; "
+    "style-src 'self' 'unsafe-inline'; "
     "script-src 'self' 'unsafe-inline'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'",
     "X-Content-Type-Options": "nosniff",
 }
 ERRORS = {
     400: "A bad request (filter, upload, size); the detail says what to change",
     401: "A token is required (when the server has one)",
-    404: "No image with this id",
+    404: "No image, video or video moment with this id",
     410: "The stored file is gone or changed since ingest; run clipdex ingest",
     413: "The request body, upload or its pixels are over the cap",
     503: "The collection or model cannot be used now (another model's vectors, a storage error, the model's "
     "queue full: then Retry-After says when to try again)",
 }
+EXIF_MAKE, EXIF_MODEL = 0x010F, 0x0110
 MAX_NAME_CHARS = 200  # of an upload's file name, in messages
 TOKEN_COOKIE = "clipdex_token"  # set when the page is opened as /?token=T: HttpOnly, SameSite=Strict
-PAGES = ("/", "/docs")  # opened in a browser: /?token=T sets the cookie and drops the token from the URL
+PAGES = ("/", "/docs", "/map")  # opened in a browser: /?token=T sets the cookie and drops the token from the URL
 ORIGINAL_TYPES = sorted({*MEDIA_TYPES.values(), "application/octet-stream"})
+DOCS_SCHEMA = "/docs-openapi.json"  # /openapi.json as the bundled Swagger UI reads it (see docs_schema)
+DOCS_ASSETS = "/docs-assets"  # Swagger UI's files, from the swagger-ui-bundle package: /docs works offline
+# Formats every current browser shows; the rest (HEIC, TIFF, RAW) are sent as JPEG for ?format=jpeg.
+BROWSER_FORMATS = frozenset({"JPEG", "MPO", "PNG", "WEBP", "GIF", "BMP", "AVIF"})
+MAX_CONVERTED = 4096  # pixels on the longer side of an original converted to JPEG for a browser
+CONVERTED_QUALITY = 90
+KIND = Query(pattern="^(" + "|".join(KINDS) + ")$", description="image or video: only those")
+MOMENTS = Query(description="a video hit lists its other matching moments (id, timestamp, score)")
+MAX_PAGE = 200  # images or groups in one page of /api/browse and /api/duplicates
+UNAUTHORIZED = (
+    "a token is required: the CLI takes --token or CLIPDEX_TOKEN; other clients send Authorization: Bearer ...; "
+    "a browser opens the page once as /?token=..."
+)
 
 __all__ = [
     "DEFAULT_MAX_UPLOAD",
@@ -128,7 +166,17 @@ def create_app(
         yield
         await run_in_threadpool(batcher.stop)
 
-    app = FastAPI(title="clipdex", summary="Search your own images by meaning.", version="0.1.0", lifespan=lifespan)
+    app = FastAPI(
+        title="clipdex",
+        summary="Search your own images by meaning.",
+        version="0.1.0",
+        lifespan=lifespan,
+        docs_url=None,  # served below with assets of our own, not a CDN's
+        redoc_url=None,
+    )
+    app.mount(DOCS_ASSETS, StaticFiles(directory=str(swagger_ui_path)), name="docs-assets")
+    overview = Overview(lib.collection)
+    app.state.overview = overview
     app.state.batcher = batcher
     cache = ThumbnailCache(thumbnails or default_folder(_digest(lib.collection.uri)))
     upload_pixels = min(lib.settings.max_pixels, MAX_UPLOAD_PIXELS)
@@ -138,7 +186,7 @@ def create_app(
     async def require_token(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
         if token is not None and not hmac.compare_digest(_presented(request).encode(), token.encode()):
             return JSONResponse(
-                {"detail": "a token is required: Authorization: Bearer ..., or open the page once as /?token=..."},
+                {"detail": UNAUTHORIZED},
                 401,
                 headers={"WWW-Authenticate": "Bearer", "X-Content-Type-Options": "nosniff"},
             )
@@ -156,7 +204,7 @@ def create_app(
     def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         # FastAPI's own answer repeats each bad value: a 10 MB text would come back as 10 MB.
         errors = [{k: v for k, v in e.items() if k in ("type", "loc", "msg")} for e in exc.errors()]
-        return JSONResponse({"detail": errors}, 422)
+        return JSONResponse({"detail": errors, "message": _sentence(errors)}, 422)
 
     @app.exception_handler(ClipdexError)
     @app.exception_handler(BadFilter)
@@ -182,8 +230,28 @@ def create_app(
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def page() -> HTMLResponse:
-        html = resources.files("pipeline.server").joinpath("web", "index.html").read_text(encoding="utf-8")
-        return HTMLResponse(html, headers=PAGE_HEADERS)
+        return _web_page("index.html")
+
+    @app.get("/map", response_class=HTMLResponse, include_in_schema=False)
+    def map_page() -> HTMLResponse:
+        return _web_page("map.html")
+
+    @app.get("/docs", response_class=HTMLResponse, include_in_schema=False)
+    def docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url=DOCS_SCHEMA,
+            title="clipdex API",
+            swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
+            swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css",
+            swagger_favicon_url=f"{DOCS_ASSETS}/favicon-32x32.png",
+            swagger_ui_parameters={"validatorUrl": None},  # no badge fetched from validator.swagger.io
+        )
+
+    @app.get(DOCS_SCHEMA, include_in_schema=False)
+    def docs_schema() -> dict[str, Any]:
+        # swagger-ui-bundle ships Swagger UI 4, which refuses an "openapi: 3.1" document outright but
+        # renders FastAPI's schema when told 3.0; /openapi.json itself stays as FastAPI writes it.
+        return {**app.openapi(), "openapi": "3.0.3"}
 
     @app.get("/api/info", summary="Counts, model and location of the collection", responses=_errors(401, 503))
     def info() -> dict[str, Any]:
@@ -196,10 +264,15 @@ def create_app(
         min_score: Annotated[float | None, Query(ge=-1, le=1)] = None,
         where: Annotated[str | None, Query(max_length=MAX_WHERE_CHARS)] = None,
         target: Annotated[str, Query(pattern="^(" + "|".join(TARGETS) + ")$")] = "image",
+        kind: Annotated[str | None, KIND] = None,
+        moments: Annotated[bool, MOMENTS] = False,
     ) -> dict[str, Any]:
         started = time.perf_counter()
+        await run_in_threadpool(lib.check_request, where, target, kind)
         vector = await batcher.embed_text(q)
-        hits = await run_in_threadpool(lib.search_vector, vector, k=k, where=where, min_score=min_score, target=target)
+        hits = await run_in_threadpool(
+            lib.search_vector, vector, k=k, where=where, min_score=min_score, target=target, kind=kind, moments=moments
+        )
         return _hits(hits, started)
 
     @app.post(
@@ -209,13 +282,19 @@ def create_app(
     )
     async def similar_upload(
         file: Annotated[UploadFile, File(description="an image file")],
+        narrowed: Narrowed,
         k: Annotated[int, Query(ge=1, le=1000)] = 10,
         min_score: Annotated[float | None, Query(ge=-1, le=1)] = None,
         where: Annotated[str | None, Query(max_length=MAX_WHERE_CHARS)] = None,
+        moments: Annotated[bool, MOMENTS] = False,
     ) -> dict[str, Any]:
         started = time.perf_counter()
+        where = _both(where, narrowed.where())  # narrowed.where() holds kind=
+        await run_in_threadpool(lib.check_request, where)  # before the upload is decoded
         vector = await _embed_upload(file)
-        hits = await run_in_threadpool(lib.search_vector, vector, k=k, where=where, min_score=min_score)
+        hits = await run_in_threadpool(
+            lib.search_vector, vector, k=k, where=where, min_score=min_score, moments=moments
+        )
         return _hits(hits, started)
 
     @app.get(
@@ -228,11 +307,13 @@ def create_app(
         k: Annotated[int, Query(ge=1, le=1000)] = 10,
         min_score: Annotated[float | None, Query(ge=-1, le=1)] = None,
         where: Annotated[str | None, Query(max_length=MAX_WHERE_CHARS)] = None,
+        kind: Annotated[str | None, KIND] = None,
+        moments: Annotated[bool, MOMENTS] = False,
     ) -> dict[str, Any]:
         started = time.perf_counter()
-        if lib.collection.get(image_id, vectors=False) is None:
-            raise HTTPException(404, f"no image with id {image_id}")
-        return _hits(lib.similar_to(image_id, k=k, where=where, min_score=min_score), started)
+        record = _record(image_id)  # a video's id stands for its first moment
+        hits = lib.similar_to(record.id, k=k, where=where, min_score=min_score, kind=kind, moments=moments)
+        return _hits(hits, started)
 
     @app.post("/api/embed/text", summary="The vector of a text", responses=_errors(401, 413, 503))
     async def embed_text(body: TextIn) -> dict[str, Any]:
@@ -246,7 +327,7 @@ def create_app(
 
     @app.get(
         "/api/images/{image_id}/thumbnail",
-        summary="A JPEG thumbnail, made on first request",
+        summary="A JPEG thumbnail, made on first request (of a video moment: its frame)",
         response_class=Response,
         responses={200: {"content": {"image/jpeg": {}}, "description": "a JPEG"}, **_errors(400, 401, 404, 410, 503)},
     )
@@ -257,7 +338,7 @@ def create_app(
         local = not is_uri(record.path)
         if local:
             check_indexed(record)  # a cached thumbnail too is sent only while its file is the one indexed
-        data = cache.cached(record, size)
+        data = cache.cached(record, size)  # keyed by id: a moment's frame is cached apart from its video's others
         if data is None:
             data = _thumbnail_of(record, size, lib.settings.max_pixels)
             cache.store(record, size, data)
@@ -265,26 +346,204 @@ def create_app(
 
     @app.get(
         "/api/images/{image_id}",
-        summary="The original image file, typed by its decoded format",
+        summary="The original file (of a moment: its whole video), typed by its format; Range gives 206",
         response_class=Response,
         responses={
             200: {"content": {kind: {} for kind in ORIGINAL_TYPES}, "description": "the file's bytes"},
             **_errors(401, 404, 410, 503),
         },
     )
-    def original(image_id: str) -> Response:
+    def original(
+        request: Request,
+        image_id: str,
+        format: Annotated[
+            str | None,
+            Query(description="jpeg: HEIC, TIFF and RAW originals converted for a browser (a moment: its frame)"),
+        ] = None,
+    ) -> Response:
         record = _record(image_id)
+        if format not in (None, "jpeg"):
+            raise HTTPException(400, f"format={format}: the only conversion is format=jpeg")
+        if format == "jpeg" and record.kind == "video":
+            return Response(_frame_jpeg(record, MAX_CONVERTED, lib.settings.max_pixels), media_type="image/jpeg")
+        if format == "jpeg" and record.format.upper() not in BROWSER_FORMATS:
+            data = _read_record(record)
+            return Response(_as_jpeg(record, data, lib.settings.max_pixels), media_type="image/jpeg")
         media = media_type(record.format)
         if is_uri(record.path):  # on object storage: read it through, no local file to send
+            data = _read_record(record)
             try:
-                return Response(read_bytes(record.path), media_type=media)
-            except OSError as exc:
-                raise HTTPException(410, f"{record.path} cannot be read any more ({exc}); run clipdex ingest") from exc
+                asked = byte_range(request.headers.get("range"), len(data))
+            except RangeNotSatisfiable:
+                return _unsatisfiable(len(data))
+            return _ranged(asked, len(data), media, lambda a, n: iter([data[a : a + n]]))
         file, size = open_indexed(record)
-        return StreamingResponse(chunks(file, size), media_type=media, headers={"Content-Length": str(size)})
+        try:
+            asked = byte_range(request.headers.get("range"), size)
+        except RangeNotSatisfiable:
+            file.close()
+            return _unsatisfiable(size)
+        return _ranged(asked, size, media, lambda a, n: chunks_from(file, a, n))
+
+    @app.get(
+        "/api/images/{image_id}/details",
+        summary="What the lightbox shows: path, size, dates, caption, camera, tags, cluster; a video's time and codec",
+        responses=_errors(401, 404, 503),
+    )
+    def details(image_id: str) -> dict[str, Any]:
+        record = _record(image_id)
+        extra = sorted(overview.tag_columns() | ({"cluster", "cluster_name"} if overview.has_clusters() else set()))
+        row = overview.row(image_id) or {}
+        return {
+            "id": record.id,
+            "path": record.path,
+            "size": record.size,
+            "width": record.width,
+            "height": record.height,
+            "format": record.format,
+            "taken_at": record.taken_at.isoformat() if record.taken_at else None,
+            "modified": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(record.mtime_ns / 1e9)),
+            "caption": record.caption,
+            "caption_source": record.caption_source,
+            "description": record.description,
+            "camera": None if is_uri(record.path) or record.kind == "video" else _camera(record),
+            "labels": {c: row.get(c) for c in extra if row.get(c) is not None},
+            "kind": record.kind,
+            "file_id": record.file_id or record.id,
+            "timestamp": record.timestamp,  # the moment's, seconds; null for an image
+            "duration": record.duration,
+            "fps": record.fps,
+            "codec": record.codec,
+        }
+
+    @app.get(
+        "/api/facets",
+        summary="The filter choices: kinds (image, video), formats, folders, tags, clusters, dates",
+        responses=_errors(401, 503),
+    )
+    def facets() -> dict[str, Any]:
+        found = overview.facets()
+        return {
+            "images": found.images,
+            "kinds": found.kinds,
+            "formats": found.formats,
+            "folders": found.folders,
+            "tags": found.tags,
+            "clusters": found.clusters,
+            "first": found.first.date().isoformat() if found.first else None,
+            "last": found.last.date().isoformat() if found.last else None,
+        }
+
+    @app.get(
+        "/api/browse",
+        summary="The collection's images and videos (each once), the newest first (capture time, else mtime), filtered",
+        responses=_errors(400, 401, 503),
+    )
+    def browse(
+        narrowed: Narrowed,
+        offset: Annotated[int, Query(ge=0)] = 0,
+        limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 60,
+    ) -> dict[str, Any]:
+        total, rows = overview.browse(narrowed, offset, limit)
+        return {"total": total, "offset": offset, "images": [_row_dict(r) for r in rows]}
+
+    @app.get(
+        "/api/query",
+        summary="The search box: query algebra (beach + photo.jpg - crowd, 2:beach, like:ID), filtered",
+        responses=_errors(400, 401, 503),
+    )
+    async def query(
+        narrowed: Narrowed,
+        q: Annotated[str, Query(max_length=MAX_TEXT_CHARS, description="texts, file names, like:ID, + and -")] = "",
+        like: Annotated[list[str], Query(description="ids of stored images to search like")] = [],  # noqa: B006
+        k: Annotated[int, Query(ge=1, le=1000)] = 24,
+        min_score: Annotated[float | None, Query(ge=-1, le=1)] = None,
+        target: Annotated[str, Query(pattern="^(" + "|".join(TARGETS) + ")$")] = "image",
+        moments: Annotated[bool, MOMENTS] = False,
+    ) -> dict[str, Any]:
+        started = time.perf_counter()
+        terms = parse_box(q, like, await run_in_threadpool(overview.finder))
+        where = narrowed.where()
+        await run_in_threadpool(lib.check_request, where, target)
+        total = np.zeros(lib.encoder.dimension, np.float32)
+        # like=ID may name a video (its first moment stands for it); an id stored nowhere is a 404.
+        rows = {t.value: overview.first_moment(t.value) or t.value for t in terms if t.kind == "id"}
+        ids = list(rows.values())
+        stored = dict(zip(*await run_in_threadpool(lib.collection.vectors, ids), strict=True)) if ids else {}
+        if missing := [i for i, row in rows.items() if row not in stored]:
+            raise HTTPException(404, f"no image with id {missing[0]}")
+        for term in terms:
+            vector = stored[rows[term.value]] if term.kind == "id" else await batcher.embed_text(term.value)
+            total += term.weight * vector
+        norm = float(np.linalg.norm(total))
+        if norm < 1e-6:
+            raise HTTPException(400, "the query's terms cancel each other out; change a weight or drop a term")
+        hits = await run_in_threadpool(
+            lib.search_vector,
+            total / norm,
+            k=k,
+            where=where,  # narrowed.where() holds kind=
+            min_score=min_score,
+            target=target,
+            exclude_ids=ids,
+            # a liked moment's whole video is left out, as similar_to leaves it out
+            exclude_files=[(overview.row(i) or {}).get("file_id") or i for i in ids],
+            moments=moments,
+        )
+        out = _hits(hits, started)
+        out["terms"] = [{"kind": t.kind, "value": t.value, "weight": t.weight} for t in terms]
+        return out
+
+    @app.get(
+        "/api/map", summary="The 2-D map of the collection: points and cluster labels", responses=_errors(401, 503)
+    )
+    def map_data() -> dict[str, Any]:
+        points = overview.points()
+        groups: dict[int, list[Any]] = {}
+        for p in points:
+            if p.cluster is not None:
+                groups.setdefault(p.cluster, [p.label, 0.0, 0.0, 0])
+                groups[p.cluster][1] += p.x
+                groups[p.cluster][2] += p.y
+                groups[p.cluster][3] += 1
+        labels = [
+            {"cluster": c, "label": g[0], "x": round(g[1] / g[3], 4), "y": round(g[2] / g[3], 4), "images": g[3]}
+            for c, g in sorted(groups.items())
+        ]
+        return {"images": lib.collection.count(), "points": [dataclasses.asdict(p) for p in points], "clusters": labels}
+
+    @app.get(
+        "/api/duplicates",
+        summary="Duplicate groups (exact, near, similar shots), a page at a time",
+        responses=_errors(401, 503),
+    )
+    def duplicates(
+        offset: Annotated[int, Query(ge=0)] = 0, limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 10
+    ) -> dict[str, Any]:
+        groups = overview.duplicates()
+        extra = sum(len(g.members) - 1 for g in groups)
+        freed = sum(m.size for g in groups for m in g.members[1:])
+        return {
+            "total": len(groups),
+            "offset": offset,
+            "limit": limit,
+            "summary": {"groups": len(groups), "deletable": extra, "bytes": freed},
+            "groups": [dataclasses.asdict(g) for g in groups[offset : offset + limit]],
+        }
+
+    def _read_record(record: ImageRecord) -> bytes:
+        if not is_uri(record.path):
+            return read_indexed(record)
+        try:
+            return read_bytes(record.path)
+        except OSError as exc:
+            raise HTTPException(410, f"{record.path} cannot be read any more ({exc}); run clipdex ingest") from exc
 
     def _record(image_id: str) -> ImageRecord:
+        """The row of an image or a video moment; a video's own id gives its first moment."""
         record = lib.collection.get(image_id, vectors=False)  # its file's facts: no vectors read
+        if record is None and (first := overview.first_moment(image_id)) is not None:
+            record = lib.collection.get(first, vectors=False)
         if record is None:
             raise HTTPException(404, f"no image with id {image_id}")
         return record
@@ -306,6 +565,119 @@ def create_app(
         return result.pixels
 
     return app
+
+
+def _web_page(name: str) -> HTMLResponse:
+    html = resources.files("pipeline.server").joinpath("web", name).read_text(encoding="utf-8")
+    return HTMLResponse(html, headers=PAGE_HEADERS)
+
+
+def _sentence(errors: list[dict[str, Any]]) -> str:
+    """A 422's errors as one sentence for people: 'k: must be at least 1'."""
+    parts = []
+    for e in errors:
+        where = [str(x) for x in e.get("loc", ()) if x not in ("query", "body", "path")]
+        parts.append(f"{'.'.join(where) or 'the request'}: {str(e.get('msg', 'is not valid')).lower()}")
+    return "; ".join(parts)
+
+
+def _both(where: str | None, other: str | None) -> str | None:
+    """Two filters ANDed (each in parentheses), or the one given."""
+    return f"({where}) AND ({other})" if where and other else where or other
+
+
+def _unsatisfiable(size: int) -> Response:
+    """The 416 for a range past the end: Content-Range says how long the file is."""
+    return Response(status_code=416, headers={"Content-Range": f"bytes */{size}", "Accept-Ranges": "bytes"})
+
+
+def _ranged(
+    asked: tuple[int, int] | None, size: int, media: str, read: Callable[[int, int], Iterator[bytes]]
+) -> Response:
+    """The whole file (200) or the byte range asked for (206, Content-Range)."""
+    headers = {"Accept-Ranges": "bytes"}
+    if asked is None:
+        return StreamingResponse(read(0, size), media_type=media, headers={**headers, "Content-Length": str(size)})
+    first, last = asked
+    headers |= {"Content-Range": f"bytes {first}-{last}/{size}", "Content-Length": str(last - first + 1)}
+    return StreamingResponse(read(first, last - first + 1), status_code=206, media_type=media, headers=headers)
+
+
+def _as_jpeg(record: ImageRecord, data: bytes, max_pixels: int) -> bytes:
+    """An original a browser cannot show (HEIC, TIFF, RAW) as a JPEG, decoded as ingest decodes it."""
+    longest = min(max(record.width, record.height), MAX_CONVERTED)
+    try:
+        picture = thumbnail_of(record.path, data, longest, max_pixels)
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise HTTPException(410, f"{record.path} cannot be decoded any more ({exc}); run clipdex ingest") from exc
+    buffer = io.BytesIO()
+    picture.save(buffer, "JPEG", quality=CONVERTED_QUALITY)
+    return buffer.getvalue()
+
+
+def _camera(record: ImageRecord) -> str | None:
+    """'Make Model' from the file's EXIF (only its header is read), or None."""
+    try:
+        file, _ = open_indexed(record)
+    except HTTPException:
+        return None
+    try:
+        with file, warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(file, formats=FORMATS) as image:
+                exif = image.getexif()
+    except Exception:  # RAW, or an odd file: the lightbox shows no camera
+        return None
+    make, model = (" ".join(str(exif.get(tag) or "").split()) for tag in (EXIF_MAKE, EXIF_MODEL))
+    if model.lower().startswith(make.lower()):
+        make = ""  # "Canon Canon EOS 5D" reads "Canon EOS 5D"
+    return " ".join(x for x in (make, model) if x) or None
+
+
+def _row_dict(row: dict[str, Any]) -> dict[str, Any]:
+    """A browsed image in the shape of a hit (score None)."""
+    taken = row.get("taken_at")
+    return {
+        "id": row["id"],
+        "path": row["path"],
+        "score": None,
+        "caption": row.get("caption"),
+        "width": row["width"],
+        "height": row["height"],
+        "format": row["format"],
+        "taken_at": taken.isoformat() if taken else None,
+        "kind": row.get("kind") or "image",
+        "timestamp": row.get("timestamp"),
+        **({"file_id": row.get("file_id"), "duration": row.get("duration")} if row.get("kind") == "video" else {}),
+    }
+
+
+def _filters(
+    request: Request,
+    after: Annotated[str | None, Query(description="from this day (capture time, else mtime): 2024-06-01")] = None,
+    before: Annotated[str | None, Query(description="up to and including this day")] = None,
+    folder: Annotated[str | None, Query(max_length=MAX_TEXT_CHARS, description="a folder: images in it")] = None,
+    format: Annotated[list[str], Query(description="JPEG, PNG, ...")] = [],  # noqa: B006
+    tag: Annotated[list[str], Query(max_length=MAX_TEXT_CHARS, description="column:value")] = [],  # noqa: B006
+    cluster: Annotated[list[int], Query(description="a cluster number")] = [],  # noqa: B006
+    kind: Annotated[str | None, Query(description="image or video: only those")] = None,
+) -> Filters:
+    """The page's filters from structured query parameters (pipeline.server.filters quotes them)."""
+    overview: Overview = request.app.state.overview
+    return parse_filters(
+        after=after,
+        before=before,
+        folder=folder,
+        formats=format,
+        tags=tag,
+        clusters=cluster,
+        tag_columns=overview.tag_columns(),
+        has_clusters=overview.has_clusters(),
+        kind=kind,
+    )
+
+
+Narrowed = Annotated[Filters, Depends(_filters)]
 
 
 def _presented(request: Request) -> str:
@@ -353,6 +725,8 @@ def _check_pixels(name: str, data: bytes, cap: int) -> None:
 
 def _thumbnail_of(record: ImageRecord, size: int, max_pixels: int) -> bytes:
     """A new thumbnail of a stored image, from bytes read through the checks of pipeline.server.files."""
+    if record.kind == "video":
+        return _frame_jpeg(record, size, max_pixels, THUMBNAIL_QUALITY)
     try:
         data = read_bytes(record.path) if is_uri(record.path) else read_indexed(record)
         return make_thumbnail(record.path, data, size, max_pixels)
@@ -360,6 +734,24 @@ def _thumbnail_of(record: ImageRecord, size: int, max_pixels: int) -> bytes:
         raise
     except (OSError, ValueError, SyntaxError) as exc:
         raise HTTPException(410, f"{record.path} cannot be read any more ({exc}); run clipdex ingest") from exc
+
+
+def _frame_jpeg(record: ImageRecord, size: int, max_pixels: int, quality: int = CONVERTED_QUALITY) -> bytes:
+    """A video moment's frame as a JPEG, at most size pixels on its longer side."""
+    try:
+        if is_uri(record.path):
+            picture = frame_at(record.path, record.timestamp or 0.0, size, max_pixels)
+        else:
+            file, _ = open_indexed(record)
+            with file:
+                # The file checked and opened here, by its descriptor: never the name again, which a
+                # link or another file could have taken since.
+                picture = frame_at(f"/proc/self/fd/{file.fileno()}", record.timestamp or 0.0, size, max_pixels)
+    except OSError as exc:
+        raise HTTPException(410, f"{record.path} cannot be decoded any more ({exc}); run clipdex ingest") from exc
+    buffer = io.BytesIO()
+    picture.convert("RGB").save(buffer, "JPEG", quality=quality)
+    return buffer.getvalue()
 
 
 def _digest(text: str) -> str:

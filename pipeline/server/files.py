@@ -9,6 +9,7 @@ and without blocking, and checks that what was opened is what was checked.
 from __future__ import annotations
 
 import os
+import re
 import stat
 from collections.abc import Iterator
 from typing import BinaryIO
@@ -30,12 +31,25 @@ MEDIA_TYPES = {
     "TIFF": "image/tiff",
     "HEIF": "image/heic",
     "AVIF": "image/avif",
+    # Videos: the format is the file's extension (pipeline.ingest.video), the container ffmpeg read.
+    "MP4": "video/mp4",
+    "M4V": "video/mp4",
+    "MOV": "video/quicktime",
+    "WEBM": "video/webm",
+    "MKV": "video/x-matroska",
+    "AVI": "video/x-msvideo",
+    "3GP": "video/3gpp",
+    "MTS": "video/mp2t",
+    "M2TS": "video/mp2t",
+    "WMV": "video/x-ms-wmv",
+    "MPG": "video/mpeg",
+    "MPEG": "video/mpeg",
 }
 OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC  # O_NONBLOCK: a FIFO never hangs
 
 
 def media_type(image_format: str) -> str:
-    """The content type of a stored image by its decoded format (application/octet-stream if unknown)."""
+    """The content type of a stored image or video by its decoded format (application/octet-stream if unknown)."""
     return MEDIA_TYPES.get(image_format.upper(), "application/octet-stream")
 
 
@@ -95,3 +109,39 @@ def chunks(file: BinaryIO, size: int) -> Iterator[bytes]:
         while left > 0 and (chunk := file.read(min(READ_CHUNK, left))):
             left -= len(chunk)
             yield chunk
+
+
+class RangeNotSatisfiable(Exception):
+    """A Range header that asks only for bytes past the end of the file (a 416)."""
+
+
+_RANGE = re.compile(r"bytes=(\d*)-(\d*)")
+
+
+def byte_range(header: str | None, size: int) -> tuple[int, int] | None:
+    """The (first, last) bytes (inclusive) a Range header asks for, or None for the whole file.
+
+    One range only: a header that does not parse, or asks for several ranges, gets the whole file
+    (RFC 9110 lets a server ignore Range); one that starts past the end raises RangeNotSatisfiable.
+    """
+    match = _RANGE.fullmatch((header or "").strip().replace(" ", ""))
+    if match is None or not (match.group(1) or match.group(2)):
+        return None
+    first, last = match.group(1), match.group(2)
+    if not first:  # bytes=-N: the last N bytes
+        if int(last) == 0:
+            raise RangeNotSatisfiable
+        return max(size - int(last), 0), size - 1
+    start = int(first)
+    end = min(int(last), size - 1) if last else size - 1
+    if last and int(last) < start:
+        return None  # an invalid range: ignored
+    if start >= size:
+        raise RangeNotSatisfiable
+    return start, end
+
+
+def chunks_from(file: BinaryIO, first: int, length: int) -> Iterator[bytes]:
+    """length bytes of an open file from offset first, a chunk at a time; closes it at the end."""
+    file.seek(first)
+    return chunks(file, length)

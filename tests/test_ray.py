@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -14,21 +15,39 @@ import pytest
 from pipeline import Clipdex
 from pipeline.config import Settings
 from pipeline.errors import ClipdexError
-from pipeline.ingest.sources import _resolve
 from storage import FileState
 from tests import corpus
 from tests.conftest import run
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
-MANY = 200
+MANY = 100  # enough for several chunks per actor and an index above index_threshold=50
 ROW_FIELDS = ("size", "mtime_ns", "hash", "width", "height", "format", "taken_at", "description", "caption",
               "caption_source")  # fmt: skip
 
 
+@pytest.fixture(scope="module")
+def shared_ray(tmp_path_factory: pytest.TempPathFactory, export_cache: Path) -> Iterator[None]:
+    """One local Ray (2 CPUs) for this module's tests: starting one takes seconds. Its workers get
+    the run's export cache, as the tests' own environment is set per test, after Ray started."""
+    import ray  # noqa: PLC0415 - seconds to import; only the Ray tests need it
+
+    ray.init(
+        num_cpus=2,
+        _temp_dir=str(tmp_path_factory.mktemp("ray")),
+        include_dashboard=False,
+        log_to_driver=False,
+        runtime_env={"env_vars": {"CLIPDEX_CACHE": str(export_cache)}},
+    )
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
 @pytest.fixture
 def library(tmp_path: Path) -> Path:
-    """217 valid images of every kind (with captions), 6 broken files."""
+    """117 valid images of every kind (with captions), 6 broken files."""
     root = tmp_path / "library"
     corpus.good_images(root / "good")
     corpus.bad_files(root / "bad")
@@ -80,7 +99,7 @@ def counts(report: object) -> dict[str, int]:
 
 
 def test_ray_ingest_equals_local_ingest_and_syncs(
-    local_ray: None, library: Path, tmp_path: Path, tiny_model: str
+    shared_ray: None, library: Path, tmp_path: Path, tiny_model: str
 ) -> None:
     local, ray = open_local(str(tmp_path / "local"), tiny_model), open_ray(str(tmp_path / "ray"), tiny_model)
     first = ray.ingest([library])
@@ -113,7 +132,7 @@ def test_ray_ingest_equals_local_ingest_and_syncs(
 
 
 def test_ray_actors_record_nan_vectors_as_failures(
-    local_ray: None, photos: Path, tmp_path: Path, nan_model: str
+    shared_ray: None, photos: Path, tmp_path: Path, nan_model: str
 ) -> None:
     from pipeline.ingest.embed import NON_FINITE  # noqa: PLC0415
 
@@ -125,7 +144,7 @@ def test_ray_actors_record_nan_vectors_as_failures(
 
 
 def test_a_failed_ray_job_is_done_locally_not_lost(
-    local_ray: None, photos: Path, tmp_path: Path, tiny_model: str, monkeypatch: pytest.MonkeyPatch
+    shared_ray: None, photos: Path, tmp_path: Path, tiny_model: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from pipeline.ingest.ray import RayEngine  # noqa: PLC0415
 
@@ -139,8 +158,8 @@ def test_a_failed_ray_job_is_done_locally_not_lost(
     assert any("Ray job of 17 files failed" in n and "ingested on this machine" in n for n in report.notes)
 
 
-def test_ray_builds_the_index_in_ray_tasks(local_ray: None, library: Path, tmp_path: Path, tiny_model: str) -> None:
-    lib = open_ray(str(tmp_path / "db"), tiny_model, index_threshold=100)
+def test_ray_builds_the_index_in_ray_tasks(shared_ray: None, library: Path, tmp_path: Path, tiny_model: str) -> None:
+    lib = open_ray(str(tmp_path / "db"), tiny_model, index_threshold=50)
     report = lib.ingest([library / "many"])
     assert report.index == "built"
     assert lib.collection.has_index()
@@ -152,7 +171,7 @@ def test_ray_builds_the_index_in_ray_tasks(local_ray: None, library: Path, tmp_p
     assert (again.added, again.index) == (1, "refreshed")
 
 
-def test_cli_engine_ray(local_ray: None, library: Path, tmp_path: Path, tiny_model: str) -> None:
+def test_cli_engine_ray(shared_ray: None, library: Path, tmp_path: Path, tiny_model: str) -> None:
     db = str(tmp_path / "db")
     args = ("--db", db, "--model", tiny_model, "--engine", "ray", "--workers", "2", "--cpus-per-worker", "0.5")
     out = run("ingest", str(library / "good"), *args, "--json").stdout.splitlines()[-1]
@@ -165,40 +184,3 @@ def test_a_cluster_needs_the_collection_on_object_storage(tmp_path: Path, tiny_m
     with pytest.raises(ClipdexError, match=r"on a Ray cluster the collection must be on object storage"):
         lib.ingest([photos / "good"])
     assert lib.collection.count() == 0
-
-
-def upload(folder: Path, prefix: str) -> int:
-    """Copy a folder's files to s3://prefix/... through pyarrow (the AWS variables point at moto)."""
-    count = 0
-    for path in sorted(folder.rglob("*")):
-        if path.is_file():
-            fs, key = _resolve(f"{prefix}/{path.relative_to(folder).as_posix()}")
-            with fs.open_output_stream(key) as out:
-                out.write(path.read_bytes())
-            count += 1
-    return count
-
-
-def test_ray_ingests_an_s3_prefix_into_an_s3_collection(
-    s3: str, local_ray: None, library: Path, tmp_path: Path, tiny_model: str
-) -> None:
-    source = "s3://photos/images"
-    upload(library / "many", source)
-    upload(library / "bad", source + "/bad")
-    lib = open_ray(s3, tiny_model)
-    report = lib.ingest([source])
-    assert (report.added, report.failed) == (MANY, 6)
-    assert {f.path for f in lib.collection.failures()} >= {source + "/bad/empty.jpg", source + "/bad/truncated.jpg"}
-    assert lib.similar(library / "many" / "010.jpg", k=1)[0].path == source + "/010.jpg"
-
-    # The local engine reads the same prefix (decode workers on pyarrow.fs), into a local folder.
-    local = open_local(str(tmp_path / "local"), tiny_model)
-    assert (local.ingest([source]).added, local.collection.count()) == (MANY, MANY)
-    assert_same_collections(local, lib)
-
-    fs, key = _resolve(source + "/010.jpg")
-    fs.delete_file(key)
-    corpus.pattern_image(tmp_path / "up" / "new.jpg", seed=3000)
-    upload(tmp_path / "up", source + "/later")
-    again = lib.ingest([source])
-    assert (again.added, again.removed, again.unchanged) == (1, 1, MANY - 1)

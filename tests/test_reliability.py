@@ -140,19 +140,19 @@ def test_sigkill_at_random_points_loses_nothing(
     per_file = (full - idle) / 120
     rng = np.random.default_rng(11)
     killed = 0
-    for _ in range(6):
+    for _ in range(4):
         lib.mutate(truncated)
         process = start(*args)
         wait_for_writer(db, process)
         # Somewhere in the run's work (37 files to decode): scanning, hashing moved files,
         # decoding, writing batches, deleting rows, optimizing.
-        time.sleep(rng.uniform(0.0, 1.0) * 37 * per_file)
+        time.sleep(rng.uniform(0.0, 0.8) * 37 * per_file)  # within the run, on a machine slower than its first
         os.killpg(process.pid, signal.SIGKILL)
         process.communicate(timeout=30)
         killed += process.returncode == -signal.SIGKILL
         finish(*args)
         assert_consistent(db, lib, reference)
-    assert killed >= 4, f"only {killed} of 6 runs were still running when killed"
+    assert killed >= 3, f"only {killed} of 4 runs were still running when killed"
 
 
 def wait_for_writer(db: str, process: subprocess.Popen[str]) -> None:

@@ -97,10 +97,11 @@ def stop(process: subprocess.Popen[bytes]) -> None:
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory, tiny_model: str) -> Iterator[Served]:
+def served(tmp_path_factory: pytest.TempPathFactory, tiny_model: str, export_cache: Path) -> Iterator[Served]:
     """A small library ingested with the CLI, served by `clipdex serve` in its own process group."""
     tmp = tmp_path_factory.mktemp("under-attack")
     env = subprocess_env(tmp)
+    env["CLIPDEX_CACHE"] = str(export_cache)  # the run's one export of the tiny model, not one more
     corpus.good_images(tmp / "photos")
     db = str(tmp / "db")
     ingest = subprocess.run(

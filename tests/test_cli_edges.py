@@ -334,11 +334,11 @@ def test_sizes_read_as_people_read_them() -> None:
 
 
 def test_one_moment_and_one_live_photo_are_singular() -> None:
-    assert report_text(IngestReport(moments=1, live_photos=1), "/db").splitlines()[1:] == [
-        "1 video moment embedded",
+    assert report_text(IngestReport(videos=1, moments=1, live_photos=1), "/db").splitlines()[1:] == [
+        "1 video, 1 moment embedded",
         "1 Live Photo video skipped (part of their photos)",
     ]
-    assert report_text(IngestReport(moments=37, live_photos=2), "/db").splitlines()[1:] == [
-        "37 video moments embedded",
+    assert report_text(IngestReport(videos=2, moments=37, live_photos=2), "/db").splitlines()[1:] == [
+        "2 videos, 37 moments embedded",
         "2 Live Photo videos skipped (part of their photos)",
     ]

@@ -40,7 +40,7 @@ def test_first_run_adds_every_image_and_records_every_failure(photos: Path, db: 
         "unchanged": 0,
         "failed": N_BAD,
         "captions": 0,
-        "videos_skipped": 0,
+        "videos": 0,
         "moments": 0,
         "live_photos": 0,
         "vanished": 0,

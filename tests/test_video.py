@@ -117,7 +117,8 @@ def library(tmp_path_factory: pytest.TempPathFactory, tiny_model: str, export_ca
         env.setenv("CLIPDEX_CACHE", str(export_cache))
         lib = open_library(db, tiny_model)
         report = lib.ingest([root])
-        assert (report.added, report.failed) == (4 if VP9 else 3, 0), report
+        assert (report.added, report.failed, report.videos) == (4 if VP9 else 3, 0, 2 if VP9 else 1), report
+        assert report.moments == lib.collection.count() - 2  # every row but the two photos
         yield Library(lib, root, queries, db)
 
 

@@ -114,7 +114,7 @@ def report_text(report: IngestReport, db: str) -> str:
     if report.vanished:
         lines.append(f"{report.vanished} files vanished during the run (deleted or moved since the scan)")
     if report.moments:
-        lines.append(f"{plural(report.moments, 'video moment')} embedded")
+        lines.append(f"{plural(report.videos, 'video')}, {plural(report.moments, 'moment')} embedded")
     if report.live_photos:
         lines.append(f"{plural(report.live_photos, 'Live Photo video')} skipped (part of their photos)")
     lines += failure_lines(report.new_failures, limit=MAX_FAILURES_SHOWN)

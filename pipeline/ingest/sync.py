@@ -43,7 +43,7 @@ class IngestReport:
     unchanged: int = 0
     failed: int = 0  # files in scope that cannot be ingested (new failures and known ones)
     captions: int = 0  # captions added, changed or removed without re-embedding the image
-    videos_skipped: int = 0  # video files not ingested (none since videos are ingested; kept for --json)
+    videos: int = 0  # video files embedded (added and updated), their moments in `moments`
     moments: int = 0  # rows embedded for videos' moments (added and updated videos)
     live_photos: int = 0  # Live Photo videos beside their stills: part of the photo, not ingested
     new_failures: list[Failure] = field(default_factory=list)
@@ -160,6 +160,8 @@ class Sync:
         self.collection.upsert(new, new=True)
         self.collection.upsert([r for r in records if r.path in self.states and r.kind != "video"])
         self.report.moments += sum(r.kind == "video" for r in records)
+        # A video's moments are committed together, so each video counts once.
+        self.report.videos += len({r.file_id for r in records if r.kind == "video"})
         self.stored_elsewhere(list(dict.fromkeys(r.path for r in records)))  # a video once, not per moment
         if self.touched:
             self.collection.move(self.touched)

@@ -23,7 +23,7 @@ def test_every_command_works_on_s3(s3: str, photos: Path, tiny_model: str, other
     hits = [json.loads(x) for x in run("search", "a dog", "-k", "3", "--db", s3, "--json").stdout.splitlines()]
     assert len(hits) == 3
     assert len(run("similar", "--id", hits[0]["id"], "-k", "2", "--db", s3, "--paths").stdout.splitlines()) == 2
-    assert len(run("failures", "--db", s3).stdout.splitlines()) == 6
+    assert len(run("failures", "--db", s3).stdout.splitlines()) == 7
     run("classify", "--labels", "cat,dog", "--store", "tag", "--db", s3)
     assert run("search", "x", "-k", "50", "--db", s3, "--where", "tag IS NOT NULL", "--paths").stdout.count("\n") == 17
     run("duplicates", "--db", s3)
@@ -44,7 +44,7 @@ def test_images_on_s3_with_the_local_engine(s3: str, tmp_path: Path, tiny_model:
     from pipeline.server.app import create_app  # noqa: PLC0415
     from tests import corpus  # noqa: PLC0415
     from tests.conftest import open_library  # noqa: PLC0415
-    from tests.test_ray import upload  # noqa: PLC0415
+    from tests.test_ray_s3 import upload  # noqa: PLC0415
 
     local = tmp_path / "up"
     corpus.pattern_image(local / "Photo #3.jpg", seed=1)

@@ -24,7 +24,7 @@ from PIL import Image
 
 from pipeline import Clipdex
 from pipeline.cli.client import Client
-from tests.conftest import open_library, serving
+from tests.conftest import open_library, run, serving
 from tests.test_video import H264, PICTURES, SIDE, write_video
 from tests.test_web import CHROMIUM, expect, playwright, shot
 
@@ -249,3 +249,16 @@ def wait_for(tab: Any, condition: str, seconds: float = 10.0) -> None:
     while not tab.evaluate(condition):
         assert time.monotonic() < deadline, f"never true: {condition}"
         time.sleep(0.05)
+
+
+def test_the_cli_asks_the_server_for_videos_as_it_asks_the_library(served: Served) -> None:
+    args = ("a picture", "--kind", "video", "--moments", "--json", "-k", "10")
+    remote = [json.loads(line) for line in run("search", *args, "--server", served.url).stdout.splitlines()]
+    local = [json.loads(line) for line in run("search", *args, "--db", served.lib.collection.uri).stdout.splitlines()]
+    assert [(h["id"], h["kind"], h["timestamp"]) for h in remote] == [
+        (h["id"], h["kind"], h["timestamp"]) for h in local
+    ]
+    assert {h["path"] for h in remote} == {str(served.webm), str(served.mp4)}  # each video once
+    assert [[m["timestamp"] for m in h["moments"]] for h in remote] == [
+        [m["timestamp"] for m in h["moments"]] for h in local
+    ]

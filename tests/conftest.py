@@ -98,10 +98,11 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def serving(lib: Clipdex, thumbnails: Path) -> Iterator[str]:
+def serving(lib: Clipdex, thumbnails: Path, token: str | None = None) -> Iterator[str]:
     """uvicorn on a free loopback port, in a thread of this process; yields its base URL."""
     port = free_port()
-    config = uvicorn.Config(create_app(lib, thumbnails=thumbnails), host="127.0.0.1", port=port, log_level="error")
+    app = create_app(lib, token=token, thumbnails=thumbnails)
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

@@ -10,7 +10,6 @@ import io
 import json
 import re
 import socket
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,18 +17,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import uvicorn
 
 from pipeline import Clipdex
 from pipeline.analyse.clusters import choose_k_by_silhouette
 from pipeline.cli.render import ProgressView, counts_text, hits_table, report_text, size_text
 from pipeline.ingest.progress import Progress
 from pipeline.ingest.sync import IngestReport
-from pipeline.server.app import create_app
 from storage import Hit
 from storage.index import INDEX_NAME
 from tests import corpus
-from tests.conftest import free_port, open_library, run
+from tests.conftest import open_library, run, serving
 
 TOKEN = "edge-token-1234"
 
@@ -54,20 +51,8 @@ def shared(tmp_path_factory: pytest.TempPathFactory, tiny_model: str, export_cac
         # A vector index from 5 images, so that info has index state to show.
         lib = open_library(db, tiny_model, index_threshold=5)
         lib.ingest([root / "photos"])
-        port = free_port()
-        app = create_app(lib, token=TOKEN, thumbnails=root / "thumbs")
-        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
-        thread = threading.Thread(target=server.run, daemon=True)
-        thread.start()
-        deadline = time.monotonic() + 20
-        while not server.started:
-            assert time.monotonic() < deadline, "uvicorn did not start"
-            time.sleep(0.05)
-        try:
-            yield Shared(db, root / "photos", f"http://127.0.0.1:{port}", lib)
-        finally:
-            server.should_exit = True
-            thread.join(timeout=10)
+        with serving(lib, root / "thumbs", token=TOKEN) as url:
+            yield Shared(db, root / "photos", url, lib)
 
 
 # --- 1. --config before the command ---------------------------------------------------------

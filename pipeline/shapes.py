@@ -63,3 +63,15 @@ def stats_dict(stats: Stats, details: Details | None = None) -> dict[str, Any]:
             ],
         }
     return data
+
+
+def size_text(size: int) -> str:
+    """A byte count as people read it: 812 B, 3.4 kB, 1.2 MB, 5.0 GB (powers of 1000, as disks are sold)."""
+    if size < 1000:
+        return f"{size} B"
+    value = float(size)
+    for unit in ("kB", "MB", "GB", "TB", "PB"):
+        value /= 1000
+        if value < 1000 or unit == "PB":
+            break
+    return f"{value:.1f} {unit}"

@@ -10,7 +10,8 @@ import pytest
 from click.testing import CliRunner
 
 from pipeline.cli import cli
-from pipeline.cli.render import hits_table, size_text, terminal_width
+from pipeline.cli.render import hits_table, terminal_width
+from pipeline.shapes import size_text
 from storage import Hit
 from tests import corpus
 from tests.conftest import run, without_timing

@@ -20,9 +20,10 @@ import pytest
 
 from pipeline import Clipdex
 from pipeline.analyse.clusters import choose_k_by_silhouette
-from pipeline.cli.render import ProgressView, counts_text, hits_table, report_text, size_text
+from pipeline.cli.render import ProgressView, counts_text, hits_table, report_text
 from pipeline.ingest.progress import Progress
 from pipeline.ingest.sync import IngestReport
+from pipeline.shapes import size_text
 from storage import Hit
 from storage.index import INDEX_NAME
 from tests import corpus

@@ -30,6 +30,7 @@ import numpy as np
 
 from pipeline.errors import OutputError
 from pipeline.ingest.sources import is_uri
+from pipeline.shapes import size_text
 
 if TYPE_CHECKING:
     from storage import Collection
@@ -179,14 +180,6 @@ def summary_text(summary: DuplicateSummary) -> str:
         f"{summary.groups} groups ({tiers}), {summary.files} files; {summary.deletable} could go "
         f"({', '.join(summary.tiers)}), freeing {size_text(summary.deletable_bytes)}{kept}"
     )
-
-
-def size_text(size: int) -> str:
-    """Bytes for people: 812 B, 4.2 KB, 8.1 MB, 1.3 GB (powers of 1000)."""
-    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
-        if size >= scale:
-            return f"{size / scale:.1f} {unit}"
-    return f"{size} B"
 
 
 def plan_moves(

@@ -46,7 +46,7 @@ from pipeline.ingest.captions import read_manifest
 from pipeline.ingest.progress import Progress
 from pipeline.ingest.sources import is_uri
 from pipeline.query import Term, parse_terms
-from pipeline.shapes import stats_dict
+from pipeline.shapes import size_text, stats_dict
 from storage import CollectionNotFound, Hit
 
 if TYPE_CHECKING:
@@ -514,7 +514,7 @@ def duplicates(
         if not yes:
             for move in planned:
                 click.echo(f"would move {move.source} -> {move.target}")
-            size = dup.size_text(sum(m.size for m in planned))
+            size = size_text(sum(m.size for m in planned))
             click.echo(f"dry run: {len(planned)} files ({size}) would move to {target}; add --yes to move them",
                        err=True)  # fmt: skip
             return
@@ -523,7 +523,7 @@ def duplicates(
         )
         for path, reason in report.skipped:
             click.echo(f"skipped {path}: {reason}", err=True)
-        size = dup.size_text(sum(m.size for m in report.moved))
+        size = size_text(sum(m.size for m in report.moved))
         click.echo(f"moved {len(report.moved)} files ({size}) to {target}, {len(report.skipped)} skipped; "
                    "their rows were removed from the collection", err=True)  # fmt: skip
         return
@@ -538,7 +538,7 @@ def duplicates(
         else:
             click.echo(f"{group.tier} ({len(group.members)}): keep {group.keeper.path} ({group.why})")
             for m in group.members:
-                click.echo(f"  {m.score:.4f}  {m.width}x{m.height}  {dup.size_text(m.size):>8}  {m.path}")
+                click.echo(f"  {m.score:.4f}  {m.width}x{m.height}  {size_text(m.size):>8}  {m.path}")
     if as_json:
         totals: dict[str, Any] = {"groups": summary.groups, **summary.by_tier, "files": summary.files}
         totals |= {"deletable": summary.deletable, "deletable_bytes": summary.deletable_bytes, "tiers": summary.tiers}

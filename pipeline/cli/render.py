@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from datetime import UTC
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from pipeline.shapes import hit_dict
+from pipeline.shapes import hit_dict, size_text
 from storage.records import Failure, Hit, Stats
 
 if TYPE_CHECKING:
@@ -171,18 +171,6 @@ def index_text(index: IndexState) -> str:
     if index.unindexed:
         state += f", {index.unindexed} not yet (searched exactly; the next ingest adds them)"
     return f"{index.name} {index.kind} on {', '.join(index.columns)}: {state}"
-
-
-def size_text(size: int) -> str:
-    """A byte count as people read it: 812 B, 3.4 kB, 1.2 MB, 5.0 GB (powers of 1000, as disks are sold)."""
-    if size < 1000:
-        return f"{size} B"
-    value = float(size)
-    for unit in ("kB", "MB", "GB", "TB", "PB"):
-        value /= 1000
-        if value < 1000 or unit == "PB":
-            break
-    return f"{value:.1f} {unit}"
 
 
 def plural(count: int, noun: str) -> str:

@@ -1,6 +1,6 @@
 """The web page, the map and the API docs in a real headless Chromium (Debian's), driven by Playwright.
 
-One library (tests.test_server.build_gallery), one server and one browser for the module; each test
+One library (tests.test_server's gallery fixture), one server and one browser for the module; each test
 loads a page once and checks several things on it. Screenshots go to ARTIFACTS.
 """
 
@@ -18,25 +18,18 @@ import pytest
 
 from pipeline import Clipdex
 from tests.conftest import serving
-from tests.test_server import build_gallery
+from tests.test_server import gallery  # the module's library, built as test_server builds it
 
 playwright = pytest.importorskip("playwright.sync_api")
 expect = playwright.expect
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 ARTIFACTS = Path(os.environ.get("CLIPDEX_ARTIFACTS", Path(__file__).resolve().parent.parent / "artifacts"))
 
+__all__ = ["gallery"]
 pytestmark = pytest.mark.slow
 if CHROMIUM is None:
     # CI installs Chromium (.ci/run), so there a missing browser is a failure, not a skip.
     pytestmark = [pytest.mark.slow, pytest.mark.skipif(not os.environ.get("CI"), reason="no chromium here")]
-
-
-@pytest.fixture(scope="module")
-def gallery(tmp_path_factory: pytest.TempPathFactory, tiny_model: str, export_cache: Path) -> Iterator[Clipdex]:
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("CLIPDEX_CACHE", str(export_cache))
-        env.setenv("CLIPDEX_WORKERS", "0")
-        yield build_gallery(tmp_path_factory.mktemp("gallery"), tiny_model)
 
 
 @pytest.fixture(scope="module")

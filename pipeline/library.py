@@ -196,7 +196,7 @@ class Clipdex:
             report = ingester.run(roots, progress)
             if not report.interrupted:
                 ingester.finish(s.index_threshold, report)
-                self.collection.record_ingest(roots, datetime.now(UTC))
+                self.collection.record_ingest(roots, datetime.now(UTC), report.changed)
         return report
 
     def loaded_encoder(self, progress: ProgressFn | None = None) -> Encoder:

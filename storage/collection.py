@@ -618,11 +618,13 @@ class Collection:
         last = self._meta.get("last_ingest")
         return [str(r) for r in roots], datetime.fromisoformat(last) if last else None
 
-    def record_ingest(self, roots: Sequence[str], at: datetime) -> None:
-        """Remember the roots of a finished ingest and its time, for ingest_history (one commit of meta)."""
+    def record_ingest(self, roots: Sequence[str], at: datetime, changed: bool) -> None:
+        """Remember the roots of a finished ingest and its time, for ingest_history (one commit of
+        meta), unless the run changed nothing under roots already known: a no-op run writes nothing."""
         stored = {r["key"]: r["value"] for r in self._db.open_table(META).to_arrow().to_pylist()}
-        known = set(json.loads(stored.get("roots", "[]"))) | set(roots)  # as now, not as opened
-        self._set_meta({"roots": json.dumps(sorted(known)), "last_ingest": at.isoformat()})
+        before = set(json.loads(stored.get("roots", "[]")))  # as now, not as opened
+        if changed or not before >= set(roots):
+            self._set_meta({"roots": json.dumps(sorted(before | set(roots))), "last_ingest": at.isoformat()})
 
 
 @dataclass(frozen=True)

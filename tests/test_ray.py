@@ -1,5 +1,6 @@
 """--engine ray on a local Ray (2 CPUs, fractional actors): same rows and vectors as local ingest,
-incremental sync, failures, images and collections on S3 (moto), the index built by Ray tasks."""
+for photos and videos' moments, incremental sync, failures, the index built by Ray tasks (S3 is
+tests/test_ray_s3.py)."""
 
 from __future__ import annotations
 
@@ -101,12 +102,17 @@ def counts(report: object) -> dict[str, int]:
 def test_ray_ingest_equals_local_ingest_and_syncs(
     shared_ray: None, library: Path, tmp_path: Path, tiny_model: str
 ) -> None:
-    local, ray = open_local(str(tmp_path / "local"), tiny_model), open_ray(str(tmp_path / "ray"), tiny_model)
+    local = open_local(str(tmp_path / "local"), tiny_model)
+    ray = open_ray(str(tmp_path / "ray"), tiny_model, index_threshold=50)
     first = ray.ingest([library])
     assert counts(first) == counts(local.ingest([library]))
     assert (first.added, first.failed) == (17 + MANY, 6)
     assert ray.collection.model == local.collection.model  # same fingerprint
     assert_same_collections(local, ray)
+    assert (first.index, ray.collection.has_index()) == ("built", True)  # by Ray tasks
+    found = vectors(ray)
+    hits = [ray.search_vector(found[str(library / "many" / f"{i:03d}.jpg")], k=1)[0].path for i in range(20)]
+    assert hits == [str(library / "many" / f"{i:03d}.jpg") for i in range(20)]  # each finds itself
 
     many = library / "many"
     corpus.pattern_image(many / "000.jpg", seed=1000)  # changed content
@@ -125,22 +131,73 @@ def test_ray_ingest_equals_local_ingest_and_syncs(
     }  # fmt: skip
     assert_same_collections(local, ray)
     assert ray.collection.get_by_path(str(many / "006.jpg")) is None  # its old vector is gone
+    assert second.index == "refreshed"
 
     third = ray.ingest([library])
     assert counts(third) == {**counts(second), "added": 0, "updated": 0, "moved": 0, "removed": 0, "captions": 0,
                              "unchanged": 17 + MANY - 1}  # fmt: skip
 
 
+def moments(lib: Clipdex) -> dict[tuple[str, float], tuple[object, ...]]:
+    """(path, timestamp) -> a video moment's stored facts and vector, for every moment."""
+    columns = ["id", "path", "kind", "timestamp", "duration", "fps", "codec", "width", "height", "hash"]
+    rows = [r for r in lib.collection.columns(columns) if r["kind"] == "video"]
+    ids, matrix = lib.collection.vectors([str(r["id"]) for r in rows])
+    by_id = dict(zip(ids, matrix, strict=True))
+    return {(str(r["path"]), float(str(r["timestamp"]))): (*(r[c] for c in columns[4:]), by_id[r["id"]]) for r in rows}
+
+
+def test_ray_decodes_videos_in_tasks_as_local_ingest_does(shared_ray: None, tmp_path: Path, tiny_model: str) -> None:
+    from tests.test_video import PICTURES, save_picture, write_video  # noqa: PLC0415
+
+    root = tmp_path / "lib"
+    scenes = write_video(root / "scenes.mp4", [PICTURES["checkers"], PICTURES["rings"], PICTURES["gradient"]])
+    write_video(root / "more" / "rings.mp4", [PICTURES["rings"]] * 2)
+    data = scenes.read_bytes()
+    (root / "truncated.mp4").write_bytes(data[: len(data) // 2])
+    (root / "fake.mov").write_text("not a video\n", encoding="utf-8")
+    save_picture(root / "checkers.png", "checkers")
+    # Batches of 2 rows: a video's moments reach the actors in several batches, beside the photo.
+    local = Clipdex.open(str(tmp_path / "local"), model=tiny_model, create=True,
+                         settings=Settings(workers=0, precision="fp32", batch_size=2))  # fmt: skip
+    ray = open_ray(str(tmp_path / "ray"), tiny_model, batch_size=2)
+    first, expected = ray.ingest([root]), local.ingest([root])
+    assert not [n for n in first.notes if "Ray job" in n]  # done in Ray, not by the fallback
+    assert (first.added, first.failed, first.videos, first.moments) == (3, 2, 2, 5)
+    assert (expected.added, expected.failed, expected.videos, expected.moments) == (3, 2, 2, 5)
+    mine, theirs = moments(ray), moments(local)
+    assert sorted(mine) == sorted(theirs) == sorted([(str(scenes), 0.0), (str(scenes), 2.0), (str(scenes), 4.0),
+                                                     (str(root / "more" / "rings.mp4"), 0.0),
+                                                     (str(root / "more" / "rings.mp4"), 2.0)])  # fmt: skip
+    for key, (*facts, vector) in mine.items():
+        assert facts == list(theirs[key][:-1])
+        assert float(vector @ theirs[key][-1]) >= 0.9999
+    assert {(f.path, f.reason) for f in ray.collection.failures()} == {
+        (f.path, f.reason) for f in local.collection.failures()
+    }
+    hit = ray.similar(root / "checkers.png", k=3, kind="video")
+    assert (hit[0].path, hit[0].timestamp) == (str(scenes), 0.0)
+
+    assert ray.ingest([root]).counts()["unchanged"] == 3  # nothing decoded again
+    write_video(scenes, [PICTURES["gradient"]] * 2)  # changed: 4 s of other pictures
+    again = ray.ingest([root])
+    assert (again.updated, again.added, again.videos, again.moments) == (1, 0, 1, 2)
+    assert sorted(k for k in moments(ray) if k[0] == str(scenes)) == [(str(scenes), 0.0), (str(scenes), 2.0)]
+    assert ray.collection.video_counts() == (2, 4)
+
+
 def test_ray_actors_record_nan_vectors_as_failures(
     shared_ray: None, photos: Path, tmp_path: Path, nan_model: str
 ) -> None:
     from pipeline.ingest.embed import NON_FINITE  # noqa: PLC0415
+    from tests.test_video import PICTURES, write_video  # noqa: PLC0415
 
-    lib = open_ray(str(tmp_path / "db"), nan_model)
-    report = lib.ingest([photos / "good"])
+    video = write_video(tmp_path / "videos" / "clip.mp4", [PICTURES["rings"], PICTURES["checkers"]])
+    lib = open_ray(str(tmp_path / "db"), nan_model, batch_size=1)  # the video's moments in two batches
+    report = lib.ingest([photos / "good", video.parent])
     assert (report.added, lib.collection.count()) == (0, 0)
     good = {str(p) for p in (photos / "good").rglob("*") if p.is_file() and p.suffix != ".txt"}
-    assert {f.path: f.reason for f in lib.collection.failures()} == dict.fromkeys(good, NON_FINITE)
+    assert {f.path: f.reason for f in lib.collection.failures()} == dict.fromkeys({*good, str(video)}, NON_FINITE)
 
 
 def test_a_failed_ray_job_is_done_locally_not_lost(
@@ -156,19 +213,6 @@ def test_a_failed_ray_job_is_done_locally_not_lost(
     report = lib.ingest([photos / "good"])
     assert (report.added, lib.collection.count()) == (17, 17)
     assert any("Ray job of 17 files failed" in n and "ingested on this machine" in n for n in report.notes)
-
-
-def test_ray_builds_the_index_in_ray_tasks(shared_ray: None, library: Path, tmp_path: Path, tiny_model: str) -> None:
-    lib = open_ray(str(tmp_path / "db"), tiny_model, index_threshold=50)
-    report = lib.ingest([library / "many"])
-    assert report.index == "built"
-    assert lib.collection.has_index()
-    found = vectors(lib)
-    hits = [lib.search_vector(found[str(library / "many" / f"{i:03d}.jpg")], k=1)[0].path for i in range(20)]
-    assert hits == [str(library / "many" / f"{i:03d}.jpg") for i in range(20)]  # each finds itself
-    corpus.pattern_image(library / "many" / "extra.jpg", seed=5000)
-    again = lib.ingest([library / "many"])
-    assert (again.added, again.index) == (1, "refreshed")
 
 
 def test_cli_engine_ray(shared_ray: None, library: Path, tmp_path: Path, tiny_model: str) -> None:

@@ -2,10 +2,12 @@
 
 The driver scans, compares with the collection and finds moved files exactly as local ingest
 does (pipeline.ingest.plan, .sync). Then each chunk of files to embed is one Ray Data job: decode tasks
-(Pillow and numpy, no torch) feed a fixed pool of encoder actors (one per GPU, or a share of the
-CPUs each), and lance-ray writes the rows from the workers and commits them once per chunk, so an
-interrupted run keeps every finished chunk. Failures come back to the driver (a path and a reason
-each) and are recorded as local ingest records them.
+(Pillow, PyAV and numpy, no torch; DECODE_BATCH photos or one video each) feed a fixed pool of
+encoder actors (one per GPU, or a share of the CPUs each), and lance-ray writes the rows from the
+workers and commits them once per chunk, so an interrupted run keeps every finished chunk.
+A photo is one row through the job, a video one row per moment: its moments go to the actors in
+the same batches as photos. Outcomes come back to the driver (a path, a hash, a reason for a
+failure) and are settled as local ingest settles them.
 
 Files are read where the tasks run: s3:// and gs:// sources work anywhere, local paths only where
 every node sees them at the same path (a shared mount).
@@ -17,6 +19,7 @@ import logging
 import math
 import os
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -29,22 +32,24 @@ import models
 from models import EncoderSpec, ImageTransform
 from pipeline.config import default_workers
 from pipeline.errors import ClipdexError, EngineError, first_line
-from pipeline.ingest.decode import Decoded, DecodeFailed, decode_file
+from pipeline.ingest.decode import Decoded, DecodeFailed
 from pipeline.ingest.embed import Target, embed_decoded
 from pipeline.ingest.local import LocalEngine
 from pipeline.ingest.progress import Progress
 from pipeline.ingest.scan import ScannedFile
 from pipeline.ingest.sync import Sync, finish_writes
-from pipeline.ingest.video import is_video
+from pipeline.ingest.video import DecodedVideo, Moment, Sampling, decode_media, is_video
 from storage import IndexSpec, conform, records_table
 
 if TYPE_CHECKING:
     from storage import Collection
 
 CHUNK_FILES = 20_000  # files per Ray job, and so per commit: what an interrupted run can lose
-DECODE_BATCH = 16  # files per decode task
+DECODE_BATCH = 16  # photos per decode task (a video has a task of its own)
 DECODE_CPUS = 0.5  # a decode task's CPU share: tasks must fit beside the encoder actors
-DECODE_MEMORY = 256 * 2**20  # bytes a decode task may need (one large photo at a time)
+# Bytes a decode task may need: one large photo at a time, or one video's decoder (a 4K frame
+# pool) and its moments (at most 300 x 224 x 224 x 3 bytes, 45 MB).
+DECODE_MEMORY = 512 * 2**20
 # Credentials and endpoints the workers need to read sources and write the collection.
 FORWARDED_ENV = ("AWS_", "GOOGLE_", "AZURE_", "CLIPDEX_", "HF_")
 
@@ -98,18 +103,7 @@ class RayEngine:
         self.options = options
 
     def embed(self, files: list[ScannedFile], sync: Sync) -> None:
-        """Each chunk: decode in tasks, embed in actors, write from the workers, settle on the driver.
-
-        Videos are decoded by this machine's decode pool and embedded here (a video is many rows,
-        which the one-row-per-file Ray job does not make yet); the run says so in a note."""
-        videos = [f for f in files if is_video(f.path)]
-        if videos:
-            sync.report.notes.append(
-                f"{len(videos)} video{'s were' if len(videos) != 1 else ' was'} decoded and embedded on this machine: "
-                "the Ray engine decodes photos only so far"
-            )
-            LocalEngine().embed(videos, sync)
-            files = [f for f in files if not is_video(f.path)]
+        """Each chunk: decode in tasks, embed in actors, write from the workers, settle on the driver."""
         if not files or sync.stop.is_set():
             return
         start_ray(self.options)
@@ -142,7 +136,7 @@ class RayEngine:
                           "planned": target.caption is not None, "stamp": target.stamp or ""})  # fmt: skip
         try:
             done = self._embedded(sync, items)
-            outcome = done.select_columns(["path", "hash", "failure"]).take_all()
+            outcome = done.select_columns(["path", "hash", "failure", "kind"]).take_all()
         except ClipdexError:
             raise
         except Exception as exc:  # Ray's, Ray Data's or a worker's (a decode task that died on a file)
@@ -155,18 +149,19 @@ class RayEngine:
             LocalEngine().embed(files, sync)
             return
         by_path = {f.path: f for f in files}
+        settled, moments = _outcomes(outcome)
         embedded, skip = [], set()
-        for row in outcome:
-            f = by_path[row["path"]]
-            if sync.settle(f, row["failure"] or None, row["hash"]):
-                embedded.append(f.path)
-            elif not row["failure"]:
-                skip.add(f.path)  # touched (mtime only): the stored row stays
+        for path, (failure, digest) in settled.items():
+            if sync.settle(by_path[path], failure, digest):
+                embedded.append(path)
+            else:
+                skip.add(path)  # touched (mtime only): the stored rows stay; failed: no row is stored
         # Old rows go right before their replacements: a kill between the two commits loses no
-        # file (the next run embeds it again, as new) and never leaves two rows for a path.
+        # file (the next run embeds it again, as new) and never leaves two rows (or two sets of a
+        # video's moments) for a path.
         sync.collection.delete(sync.states[p].id for p in embedded if p in sync.states)
         append(sync.collection, done.map_batches(_stored_rows, fn_kwargs={"skip": skip}, batch_format="pyarrow"))
-        sync.stored_elsewhere(embedded)
+        sync.count_stored(embedded, moments)
         sync.commit()  # touched rows and failures
 
     def _embedded(self, sync: Sync, items: list[dict[str, Any]]) -> Any:
@@ -175,17 +170,21 @@ class RayEngine:
 
         opts = self.options
         cluster_cpus = ray.cluster_resources().get("CPU", 1.0)  # type: ignore[no-untyped-call]
-        blocks = max(1, math.ceil(len(items) / DECODE_BATCH))  # one decode task per block
         encoder = sync.encoder
+        options = sync.options
         with warnings.catch_warnings():
             # A small change (fewer files than actors) leaves actors idle; Ray warns about that.
             warnings.filterwarnings("ignore", message="The minimum number of concurrent actors")
             return (
-                ray.data.from_items(items, override_num_blocks=blocks)
+                ray.data.from_arrow(decode_blocks(items))
                 .map_batches(
                     _decode_batch,  # type: ignore[arg-type]
-                    batch_size=DECODE_BATCH,
-                    fn_kwargs={"transform": encoder.transform, "max_pixels": sync.options.max_pixels},
+                    batch_size=None,  # a block each: DECODE_BATCH photos, or one video
+                    fn_kwargs={
+                        "transform": encoder.transform,
+                        "max_pixels": options.max_pixels,
+                        "sampling": options.video,
+                    },
                     num_cpus=DECODE_CPUS,
                     # A decoded 12 MP photo takes ~36 MB. Resources unlike the actors' also keep Ray
                     # Data from fusing decoding into the encoder actors (which would decode serially).
@@ -249,21 +248,59 @@ def _default_actor_cpus(opts: RayOptions, cluster_cpus: float) -> float:
     return float(int(share)) if share >= 1 else max(0.1, share)
 
 
-def _decode_batch(batch: dict[str, np.ndarray], transform: ImageTransform, max_pixels: int) -> dict[str, Any]:
-    """Decode a batch of files in a Ray task: the planned columns plus the image facts and pixels."""
-    results = [decode_file(str(p), transform, max_pixels) for p in batch["path"]]
-    shape = (*transform.size, 3)
-    out: dict[str, Any] = dict(batch)
+def decode_blocks(items: list[dict[str, Any]]) -> list[pa.Table]:
+    """The blocks of a job's decode tasks: DECODE_BATCH photos each, and each video alone (a video
+    takes as long as many photos, and its moments are many rows)."""
+    photos = [item for item in items if not is_video(item["path"])]
+    groups = [photos[i : i + DECODE_BATCH] for i in range(0, len(photos), DECODE_BATCH)]
+    groups += [[item] for item in items if is_video(item["path"])]
+    return [pa.Table.from_pylist(group) for group in groups]
+
+
+def _decode_batch(
+    batch: dict[str, np.ndarray], transform: ImageTransform, max_pixels: int, sampling: Sampling
+) -> Iterator[dict[str, Any]]:
+    """Decode a block's files in a Ray task: the planned columns plus the facts and pixels, one row
+    per photo or failure and one per video moment. A video's rows are yielded as soon as it is
+    decoded, so no more than one video's moments are held."""
+    rows: list[tuple[int, Decoded | DecodedVideo | DecodeFailed, Moment | None]] = []
+    for i, path in enumerate(batch["path"]):
+        result = decode_media(str(path), transform, max_pixels, sampling)
+        if isinstance(result, DecodedVideo):
+            yield _decoded_rows(batch, [(i, result, moment) for moment in result.moments], transform)
+        else:
+            rows.append((i, result, None))
+    if rows:
+        yield _decoded_rows(batch, rows, transform)
+
+
+def _decoded_rows(
+    batch: dict[str, np.ndarray],
+    rows: list[tuple[int, Decoded | DecodedVideo | DecodeFailed, Moment | None]],
+    transform: ImageTransform,
+) -> dict[str, Any]:
+    """Columns of decoded rows: (row of the block, what decoding it gave, the moment of a video)."""
+    out: dict[str, Any] = {name: column[[i for i, _, _ in rows]] for name, column in batch.items()}
+    results = [r for _, r, _ in rows]
     out["failure"] = np.array([r.reason if isinstance(r, DecodeFailed) else "" for r in results], dtype=object)
-    ok = [r if isinstance(r, Decoded) else None for r in results]
+    ok = [None if isinstance(r, DecodeFailed) else r for r in results]
+    video = [r if isinstance(r, DecodedVideo) else None for r in results]
     out["hash"] = np.array([r.hash if r else "" for r in ok], dtype=object)
     out["width"] = np.array([r.width if r else 0 for r in ok], dtype=np.int32)
     out["height"] = np.array([r.height if r else 0 for r in ok], dtype=np.int32)
     out["format"] = np.array([r.format if r else "" for r in ok], dtype=object)
     out["taken_at"] = np.array([r.taken_at.isoformat() if r and r.taken_at else "" for r in ok], dtype=object)
-    out["description"] = np.array([(r.description or "") if r else "" for r in ok], dtype=object)
-    zeros = np.zeros(shape, np.uint8)  # what ImageTransform.to_pixels makes
-    out["pixels"] = np.stack([r.pixels if r and r.pixels is not None else zeros for r in ok])
+    out["description"] = np.array(
+        [r.description or "" if isinstance(r, Decoded) else "" for r in results], dtype=object
+    )
+    out["kind"] = np.array(["video" if v else "image" for v in video], dtype=object)
+    out["timestamp"] = np.array([m.timestamp if m else np.nan for _, _, m in rows], dtype=np.float64)
+    out["duration"] = np.array([v.duration if v else np.nan for v in video], dtype=np.float64)
+    out["fps"] = np.array([v.fps if v and v.fps else np.nan for v in video], dtype=np.float64)
+    out["codec"] = np.array([v.codec if v else "" for v in video], dtype=object)
+    zeros = np.zeros((*transform.size, 3), np.uint8)  # what ImageTransform.to_pixels makes
+    pixels = [m.pixels if m else r.pixels if isinstance(r, Decoded) else None for _, r, m in rows]
+    out["pixels"] = np.stack([p if p is not None else zeros for p in pixels])
     return out
 
 
@@ -279,8 +316,15 @@ class _Embedder:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
         ok = [i for i, failure in enumerate(batch["failure"]) if not failure]
-        images = [(_decoded(batch, i), _target(batch, i)) for i in ok]
-        embedded = embed_decoded(self.encoder, images)
+        moments: dict[str, list[int]] = {}  # a video's rows in this batch (its other moments may be in others)
+        for i in ok:
+            if batch["kind"][i] == "video":
+                moments.setdefault(str(batch["path"][i]), []).append(i)
+        items: list[tuple[Decoded | DecodedVideo, Target]] = [
+            (_decoded(batch, i), _target(batch, i)) for i in ok if batch["kind"][i] != "video"
+        ]
+        items += [(_video(batch, rows), _target(batch, rows[0])) for rows in moments.values()]
+        embedded = embed_decoded(self.encoder, items)
         table = _loose(records_table(embedded.records, self.dimension))
         failed = [
             (str(batch["path"][i]), str(batch["failure"][i])) for i in range(len(batch["path"])) if batch["failure"][i]
@@ -311,6 +355,25 @@ def _decoded(batch: dict[str, np.ndarray], i: int) -> Decoded:
     )
 
 
+def _video(batch: dict[str, np.ndarray], rows: list[int]) -> DecodedVideo:
+    """A video's moments among a decoded batch's rows, as a DecodedVideo of those moments."""
+    i = rows[0]
+    taken_at, fps = batch["taken_at"][i], float(batch["fps"][i])
+    return DecodedVideo(
+        path=str(batch["path"][i]),
+        hash=str(batch["hash"][i]),
+        size=int(batch["size"][i]),
+        width=int(batch["width"][i]),
+        height=int(batch["height"][i]),
+        format=str(batch["format"][i]),
+        codec=str(batch["codec"][i]),
+        duration=float(batch["duration"][i]),
+        fps=None if math.isnan(fps) else fps,
+        taken_at=datetime.fromisoformat(taken_at) if taken_at else None,
+        moments=tuple(Moment(float(batch["timestamp"][j]), batch["pixels"][j], scene=False) for j in rows),
+    )
+
+
 def _target(batch: dict[str, np.ndarray], i: int) -> Target:
     """Row i's planned Target (the driver's sync.target), carried through the job as columns."""
     caption = (str(batch["caption"][i]) or None, str(batch["caption_source"][i]) or None)
@@ -321,6 +384,22 @@ def _target(batch: dict[str, np.ndarray], i: int) -> Target:
         caption=caption if batch["planned"][i] else None,
         stamp=str(batch["stamp"][i]) or None,
     )
+
+
+def _outcomes(rows: list[dict[str, Any]]) -> tuple[dict[str, tuple[str | None, str]], dict[str, int]]:
+    """The job's outcome rows (path, hash, failure, kind) by file: (its failure or None, its hash),
+    and the moments embedded per video. A video fails whole if any of its rows failed (a botched
+    vector in one actor's batch)."""
+    settled: dict[str, tuple[str | None, str]] = {}
+    moments: dict[str, int] = {}
+    for row in rows:
+        path, failure = row["path"], row["failure"] or None
+        before = settled.get(path)
+        if before is None or (failure and not before[0]):
+            settled[path] = (failure, row["hash"] or (before[1] if before else ""))
+        if not failure and row["kind"] == "video":
+            moments[path] = moments.get(path, 0) + 1
+    return settled, moments
 
 
 def _loose(table: pa.Table) -> pa.Table:

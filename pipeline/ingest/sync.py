@@ -12,6 +12,7 @@ import os
 import secrets
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -159,10 +160,8 @@ class Sync:
         new = [r for r in records if r.path not in self.states or r.kind == "video"]  # else it keeps its id
         self.collection.upsert(new, new=True)
         self.collection.upsert([r for r in records if r.path in self.states and r.kind != "video"])
-        self.report.moments += sum(r.kind == "video" for r in records)
-        # A video's moments are committed together, so each video counts once.
-        self.report.videos += len({r.file_id for r in records if r.kind == "video"})
-        self.stored_elsewhere(list(dict.fromkeys(r.path for r in records)))  # a video once, not per moment
+        moments = Counter(r.path for r in records if r.kind == "video")
+        self.count_stored(list(dict.fromkeys(r.path for r in records)), moments)  # a video once, not per moment
         if self.touched:
             self.collection.move(self.touched)
             self.clear_failures([t.path for t in self.touched])
@@ -171,8 +170,11 @@ class Sync:
         self.waiting, self.touched = Embedded(), []
         self.clock.committed()
 
-    def stored_elsewhere(self, paths: Sequence[str]) -> None:
-        """Count rows that were written (here, or by Ray workers) and clear their old failures."""
+    def count_stored(self, paths: Sequence[str], moments: Mapping[str, int]) -> None:
+        """Count files that were written (here, or by Ray workers) and clear their old failures;
+        moments: the rows written for each video among them (a video's moments land together)."""
+        self.report.videos += sum(1 for p in paths if moments.get(p))
+        self.report.moments += sum(moments.get(p, 0) for p in paths)
         new = sum(p not in self.states for p in paths)
         self.report.added += new
         self.report.updated += len(paths) - new

@@ -1,7 +1,7 @@
 """Videos: moments per second and hours of video indexed per hour (1080p H.264), and the peak
 memory of ingesting a long 4K video.
 
-    .venv/bin/python benchmarks/video.py [--seconds 60] [--long-minutes 10] [--long-fps 5]
+    .venv/bin/python benchmarks/video.py [--seconds 60] [--long-minutes 10] [--long-fps 5] [--ray]
 
 The videos are made here by PyAV (libx264, ultrafast): two 1080p ones of moving pictures (each
 frame shifted, a new picture every 10 s: the decoder has real work and the sampler real cuts),
@@ -14,6 +14,8 @@ runtime.
 1080p: `Clipdex.ingest` of a folder holding the video, timed after the model is loaded, with one
 decode process (so decoding and embedding overlap as in any ingest), and the decoding alone in
 this process; moments/s = moments / ingest seconds, hours per hour = video length / ingest time.
+--ray: the same ingest with --engine ray on a local Ray of this machine's cores (1 encoder actor,
+the video decoded in a Ray task), after the local one; Ray's start-up is not counted.
 4K: `clipdex ingest --workers 1` as a separate process, its resident memory and its decode
 worker's sampled every 0.2 s from /proc (the peak of the sum), beside the same for a folder of one
 photo: the difference is what the video costs.
@@ -38,6 +40,7 @@ from memory import tree_rss_mb
 
 from pipeline import Clipdex
 from pipeline.config import Settings
+from pipeline.ingest.ray import RayOptions, start_ray
 from pipeline.ingest.video import DecodedVideo, Sampling, decode_video
 from tests import corpus
 
@@ -84,7 +87,7 @@ def make_video(
     partial.rename(path)
 
 
-def throughput(work: Path, model: str, seconds: float, gop: int) -> list[list[str]]:
+def throughput(work: Path, model: str, seconds: float, gop: int, ray: bool) -> list[list[str]]:
     folder = work / f"hd-gop{gop}"
     folder.mkdir(parents=True, exist_ok=True)
     video = folder / f"hd_{int(seconds)}s.mp4"
@@ -117,6 +120,15 @@ def throughput(work: Path, model: str, seconds: float, gop: int) -> list[list[st
     rows.append(["ingest, decode + embed (s)", f"{ingest_s:.1f}"])
     rows.append(["moments per second (decode + embed)", f"{moments / ingest_s:.1f}"])
     rows.append(["hours of video indexed per hour", f"{seconds / ingest_s:.1f}"])
+    if ray:
+        shutil.rmtree(db, ignore_errors=True)
+        on_ray = Clipdex.open(db, model=model, create=True, settings=Settings(engine="ray", workers=1))
+        started = time.perf_counter()
+        ray_report = on_ray.ingest([folder])
+        ray_s = time.perf_counter() - started  # the actor's model load included, as in a real run
+        assert ray_report.moments == moments, (ray_report.moments, moments)
+        rows.append(["ingest --engine ray, 1 actor (s)", f"{ray_s:.1f}"])
+        rows.append(["ray time / local time", f"{ray_s / ingest_s:.2f}"])
     return rows
 
 
@@ -160,12 +172,15 @@ def main() -> None:
     parser.add_argument("--long-fps", type=int, default=5, help="Frame rate of the 4K video.")
     parser.add_argument("--gops", default="30,250", help="Keyframe intervals (frames) of the 1080p videos.")
     parser.add_argument("--skip-long", action="store_true", help="Leave out the 4K memory run.")
+    parser.add_argument("--ray", action="store_true", help="Also ingest the 1080p videos with --engine ray.")
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "clipdex-bench-video")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     model = vit_b_32(args.work)
+    if args.ray:
+        start_ray(RayOptions())  # before the clocks: its start-up is not what is measured
     for gop in (int(g) for g in args.gops.split(",")):
-        print(table(throughput(args.work, model, args.seconds, gop)))
+        print(table(throughput(args.work, model, args.seconds, gop, args.ray)))
         print()
     if not args.skip_long:
         print(table(peak_rss(args.work, model, args.long_minutes, args.long_fps)))

@@ -26,6 +26,7 @@ from models.spec import EncoderSpec
 from models.transform import ImageTransform
 
 HUB_PROBE_TIMEOUT_S = 3.0
+HF_CONFIG = "config.json"  # a Hugging Face text tower's config, in a local-dir: folder beside the tokenizer's files
 LOCAL_DIR_HINT = "--model local-dir:/path/to/folder (open_clip_config.json + open_clip_model.safetensors)"
 
 
@@ -149,7 +150,11 @@ def load_encoder(spec: EncoderSpec) -> OpenClipEncoder:
             # open_clip's own precision handling: fp16 / bf16 weights with LayerNorms kept in fp32
             # (the original CLIP's mixed precision), rather than casting the whole model.
             model = open_clip.create_model(
-                spec.model, pretrained=spec.pretrained or None, device=device, precision=precision
+                spec.model,
+                pretrained=spec.pretrained or None,
+                device=device,
+                precision=precision,
+                **_local_text_tower(spec),
             )
             tokenizer = open_clip.get_tokenizer(spec.model)
         except ModelError:
@@ -266,16 +271,40 @@ def _missing_module(exc: BaseException) -> str:
     return ""
 
 
-def _hub_text_model(spec: EncoderSpec) -> str:
-    """The Hugging Face model a local folder's text tower is built from ('' if none)."""
+def _local_text_cfg(spec: EncoderSpec) -> dict[str, Any]:
+    """A local folder's text_cfg ({} if none, or not a local folder)."""
     if not spec.model.startswith("local-dir:"):
-        return ""
+        return {}
     config = Path(spec.model.removeprefix("local-dir:")).expanduser() / "open_clip_config.json"
     try:
         text_cfg = json.loads(config.read_text())["model_cfg"].get("text_cfg", {})
     except (OSError, ValueError, KeyError, AttributeError):
-        return ""
-    return str(text_cfg.get("hf_model_name") or "")
+        return {}
+    return text_cfg if isinstance(text_cfg, dict) else {}
+
+
+def _hub_text_model(spec: EncoderSpec) -> str:
+    """The Hugging Face model a local folder's text tower is built from ('' if none)."""
+    return str(_local_text_cfg(spec).get("hf_model_name") or "")
+
+
+def _local_text_tower(spec: EncoderSpec) -> dict[str, Any]:
+    """create_model's text_cfg override for a local folder whose text tower is a Hugging Face model
+    (xlm-roberta, ...) and which carries that model's config.json (as save_pretrained writes it,
+    beside the tokenizer's files open_clip already reads from the folder): the tower is built from
+    the folder, so nothing is asked of the hub or its cache. {} otherwise."""
+    text_cfg = _local_text_cfg(spec)
+    if not text_cfg.get("hf_model_name"):
+        return {}
+    folder = Path(spec.model.removeprefix("local-dir:")).expanduser()
+    try:
+        hf_config = json.loads((folder / HF_CONFIG).read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(hf_config, dict) or "model_type" not in hf_config:
+        return {}  # some other config.json
+    # The folder's checkpoint holds the tower's weights: build it from the config alone.
+    return {"text_cfg": {**text_cfg, "hf_model_name": str(folder.resolve()), "hf_model_pretrained": False}}
 
 
 def _explain(spec: EncoderSpec, exc: Exception) -> ModelError:
@@ -291,8 +320,9 @@ def _explain(spec: EncoderSpec, exc: Exception) -> ModelError:
     if hub_model:
         return ModelUnavailable(
             f"--model {spec.model}: its text tower is the Hugging Face model {hub_model!r}, whose config is not "
-            f"in the Hugging Face cache and cannot be downloaded here; run once with internet, or copy the cache "
-            f"(HF_HUB_CACHE) from a machine that has it ({first_line})"
+            f"in the Hugging Face cache and cannot be downloaded here; put that model's {HF_CONFIG} in the folder "
+            f"(AutoConfig.from_pretrained({hub_model!r}).save_pretrained(folder)), run once with internet, or copy "
+            f"the cache (HF_HUB_CACHE) from a machine that has it ({first_line})"
         )
     if spec.model.startswith("local-dir:"):
         return ModelNotFound(f"--model {spec.model}: cannot load it ({first_line}); {LOCAL_DIR_HINT}")

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
 import numpy as np
+import open_clip
 import pytest
+import torch
+from safetensors.torch import load_file
 
 import models
 from models import EncoderSpec, ModelUnavailable
 from pipeline import Clipdex
-from tests.tiny_model import hf_tokenizer_model_dir, hub_text_tower_dir
+from tests.tiny_model import hf_tokenizer_model_dir, hub_text_tower_dir, xlm_roberta_model_dir
 
 
 @pytest.fixture(scope="module")
@@ -50,3 +54,29 @@ def test_a_folder_naming_a_hub_text_tower_never_waits_on_the_hub(tmp_path: Path)
     folder = hub_text_tower_dir(tmp_path / "xlm")
     with pytest.raises(ModelUnavailable, match=r"its text tower is the Hugging Face model 'xlm-roberta-base'"):
         models.load_encoder(EncoderSpec(model=f"local-dir:{folder}", device="cpu", runtime="torch"))
+
+
+@pytest.mark.timeout(120)
+def test_a_multilingual_xlm_roberta_folder_loads_offline_and_searches(
+    tmp_path: Path, photos: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))  # nothing cached: all from the folder
+    folder = xlm_roberta_model_dir(tmp_path / "xlm")
+    model = f"local-dir:{folder}"
+    encoder = models.load_encoder(EncoderSpec(model=model, device="cpu"))
+    assert encoder.runtime == "torch"  # a Hugging Face tokenizer: no torch-free export
+    vectors = encoder.embed_texts(["a photo of a dog", "chien", "perro on the plage", ""])
+    assert vectors.shape == (4, 32) and np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    assert float(vectors[0] @ vectors[1]) < 0.9999
+    # The vectors of the saved weights, built by hand from the folder's two configs:
+    config = json.loads((folder / "open_clip_config.json").read_text())["model_cfg"]
+    config["text_cfg"] = {**config["text_cfg"], "hf_model_name": str(folder), "hf_model_pretrained": False}
+    reference = open_clip.model.CustomTextCLIP(**config).eval()
+    reference.load_state_dict(load_file(str(folder / "open_clip_model.safetensors")))
+    tokens = open_clip.get_tokenizer(model)(["a photo of a dog", "chien"])
+    with torch.no_grad():
+        expected = torch.nn.functional.normalize(reference.encode_text(tokens), dim=-1).numpy()
+    assert np.allclose(vectors[:2], expected, atol=1e-5)
+    lib = Clipdex.open(tmp_path / "db", model=model, create=True)
+    assert lib.ingest([photos / "good"]).added == 17
+    assert len(lib.search("hund", k=3)) == 3

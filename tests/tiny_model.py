@@ -89,6 +89,45 @@ def hf_tokenizer_model_dir(folder: Path, seed: int = 0) -> Path:
     return folder
 
 
+XLM_WORDS = ("<s>", "<pad>", "</s>", "<unk>", *["a", "photo", "of", "dog", "chien", "hund", "perro", "beach", "plage"])
+
+
+def xlm_roberta_model_dir(folder: Path, seed: int = 0) -> Path:
+    """A tiny multilingual CLIP as open_clip's xlm-roberta-base-ViT-B-32 is made: its text tower a
+    Hugging Face XLM-RoBERTa (random weights, mean pooling) whose config.json and tokenizer are
+    saved in the folder, so that it loads with no hub and no cache."""
+    from tokenizers import Tokenizer, pre_tokenizers, processors  # noqa: PLC0415 - transformers' parts
+    from tokenizers.models import WordLevel  # noqa: PLC0415
+    from transformers import PreTrainedTokenizerFast, XLMRobertaConfig  # noqa: PLC0415
+
+    folder.mkdir(parents=True, exist_ok=True)
+    context = 16
+    XLMRobertaConfig(
+        vocab_size=len(XLM_WORDS), hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+        max_position_embeddings=context + 2, bos_token_id=0, pad_token_id=1, eos_token_id=2,
+    ).save_pretrained(folder)  # fmt: skip
+    text_cfg = {"hf_model_name": "xlm-roberta-base", "hf_tokenizer_name": "xlm-roberta-base",
+                "hf_pooler_type": "mean_pooler", "context_length": context}  # fmt: skip
+    model_cfg = {**TINY_CONFIG, "text_cfg": text_cfg}
+    torch.manual_seed(seed)
+    building = {**text_cfg, "hf_model_name": str(folder), "hf_model_pretrained": False}  # its config, no weights
+    model = open_clip.model.CustomTextCLIP(**{**model_cfg, "text_cfg": building})
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / "open_clip_model.safetensors"))
+    (folder / "open_clip_config.json").write_text(
+        json.dumps({"model_cfg": model_cfg, "preprocess_cfg": TINY_PREPROCESS})
+    )
+    tokenizer = Tokenizer(WordLevel({w: i for i, w in enumerate(XLM_WORDS)}, unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="<s> $A </s>", special_tokens=[("<s>", 0), ("</s>", 2)]
+    )
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>"
+    )
+    fast.save_pretrained(folder)
+    return folder
+
+
 def hub_text_tower_dir(folder: Path) -> Path:
     """A folder whose text tower is the Hugging Face model xlm-roberta-base (multilingual CLIP's)."""
     folder.mkdir(parents=True, exist_ok=True)

@@ -504,6 +504,10 @@ class Clipdex:
         """Counts and facts about the collection."""
         return self.collection.stats()
 
+    def details(self) -> Details:
+        """What `clipdex info` tells beyond the counts: size on disk, roots, last ingest, indexes."""
+        return _details(self.collection)
+
     def export(
         self,
         out: str | Path,
@@ -634,9 +638,12 @@ def collection_details(db: str | None = None, settings: Settings | None = None) 
     """Stats of a collection and the details `clipdex info` shows, without loading a model."""
     settings = (settings or load_settings()).override(db=db)
     collection = Collection.open(settings.db_uri)
+    return collection.stats(), _details(collection)
+
+
+def _details(collection: Collection) -> Details:
     roots, last = collection.ingest_history()
-    details = Details(collection.disk_bytes(), tuple(roots), last, tuple(collection.index_states()))
-    return collection.stats(), details
+    return Details(collection.disk_bytes(), tuple(roots), last, tuple(collection.index_states()))
 
 
 def _asked(stored: Fingerprint, asked: Fingerprint) -> str:

@@ -52,6 +52,8 @@ VECTOR_COLUMNS = ("vector", "caption_vector")
 SCALAR_INDEXED = ("id", "path", "file_id")  # BTREE-indexed once the vector index is built
 EXTRA_TYPES = {"string": pa.string(), "int32": pa.int32(), "float32": pa.float32()}
 EXTRA_NAME = re.compile(r"[a-z][a-z0-9_]{0,62}")
+SCAN_READAHEAD_BATCHES = 2  # batches iter_rows's scanner may read ahead of its reader
+SCAN_IO_BUFFER_BYTES = 64 * 1024 * 1024  # bytes of data files it may hold in flight
 P = ParamSpec("P")
 R = TypeVar("R")
 
@@ -285,14 +287,30 @@ class Collection:
         rows: list[dict[str, Any]] = self._images.search().select(list(names)).limit(None).to_arrow().to_pylist()
         return rows
 
-    def iter_rows(self, columns: Sequence[str], batch_size: int = 10_000) -> Iterator[pa.RecordBatch]:
-        """Every image row's columns, in batches (memory stays flat for any collection size)."""
+    def iter_rows(
+        self, columns: Sequence[str], batch_size: int = 10_000, *, where: str | None = None
+    ) -> Iterator[pa.RecordBatch]:
+        """Every image row's columns (or those of the rows where picks), in batches, straight from
+        the Lance scanner with little read-ahead: memory stays flat for any collection size, and a
+        slow reader (a CSV writer) never lets the scanner buffer the collection. Raises
+        CollectionDamaged, BadFilter (a bad where) or CollectionUnreadable while iterating."""
+        sql = f"({with_timestamps(where)})" if where else None
         try:
-            yield from self._images.search().select(list(columns)).limit(None).to_batches(batch_size)
+            dataset = self._images.to_lance()
+            yield from dataset.to_batches(
+                columns=list(columns),
+                filter=sql,
+                batch_size=batch_size,
+                batch_readahead=SCAN_READAHEAD_BATCHES,
+                fragment_readahead=1,
+                io_buffer_size=SCAN_IO_BUFFER_BYTES,
+            )
         except (RuntimeError, OSError, ValueError) as exc:
             if is_damage(exc):
                 raise damaged(self.uri, exc) from exc
-            raise
+            if where and not isinstance(exc, OSError):
+                raise bad_filter(where, exc) from exc
+            raise CollectionUnreadable(f"--db {self.uri}: cannot read it ({first_line(exc)})") from exc
 
     def search(
         self,

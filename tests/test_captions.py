@@ -568,11 +568,12 @@ def test_ingest_keeps_real_captions_and_drops_camera_boilerplate(
 
     lib = open_library(str(tmp_path / "db"), tiny_model)
     lib.ingest([boilerplate_album])
-    captions = {
-        Path(r["path"]).name: (r["caption"], r["caption_source"])
-        for r in lib.collection.columns(["path", "caption", "caption_source"])
-    }
+    rows = lib.collection.columns(["path", "caption", "caption_source", "description"])
+    captions = {Path(r["path"]).name: (r["caption"], r["caption_source"]) for r in rows}
+    descriptions = {Path(r["path"]).name: r["description"] for r in rows}
     assert captions["real.jpg"] == ("Grandma's 80th birthday", "embedded")
+    assert descriptions["real.jpg"] == "Grandma's 80th birthday"
+    assert {descriptions[f"side{seed}.jpg"] for seed in (9, 10, 11)} == {None}  # "SONY DSC" is no description
     for seed in (9, 10, 11):
         assert captions[f"side{seed}.jpg"] == (f"a sidecar caption number {seed}", "sidecar")
     boiler = ("olympus.jpg", "konica.jpg", "sony.jpg", "dcim.jpg", "digimax.jpg", "make.jpg", "xmp.jpg")

@@ -28,6 +28,8 @@ def test_every_command_works_on_s3(s3: str, photos: Path, tiny_model: str, other
     assert run("search", "x", "-k", "50", "--db", s3, "--where", "tag IS NOT NULL", "--paths").stdout.count("\n") == 17
     run("duplicates", "--db", s3)
     run("map", "--out", str(tmp_path / "map.html"), "--db", s3)
+    exported = json.loads(run("export", "--out", str(tmp_path / "rows.parquet"), "--db", s3, "--json").stdout)
+    assert exported["rows"] == 17
     run("reembed", "--db", s3, "--model", other_model)
     assert json.loads(run("info", "--db", s3, "--json").stdout)["model"]["model"] == other_model
     missing = run("info", "--db", "s3://photos/nothing-here", ok=False)

@@ -38,6 +38,8 @@ def png_bytes(tmp_path: Path) -> bytes:
 def test_search_info_and_similar_by_id(client: TestClient, lib: Clipdex) -> None:
     info = client.get("/api/info").json()
     assert (info["images"], info["dimension"]) == (17, 32)
+    assert info["disk_bytes"] > 0 and len(info["roots"]) == 1 and info["last_ingest"]  # as clipdex info --json
+    assert info["indexes"] == []  # exact search below index_threshold
     body = client.get("/api/search", params={"q": "a sunset", "k": 5}).json()
     hits = body["hits"]
     assert len(hits) == 5 and body["took_ms"] >= 0

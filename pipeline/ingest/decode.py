@@ -20,7 +20,7 @@ from PIL import Image, ImageCms, ImageFile, ImageOps, UnidentifiedImageError
 from models.transform import ImageTransform
 from pipeline.config import DEFAULT_MAX_PIXELS
 from pipeline.errors import first_line
-from pipeline.ingest.captions import clean_caption, xmp_description
+from pipeline.ingest.captions import image_description
 from pipeline.ingest.sources import open_binary, read_bytes
 from storage.records import ImageRecord
 
@@ -40,7 +40,6 @@ JPEG_START = b"\xff\xd8\xff"
 MAX_RAW_PREVIEWS = 16  # JPEG previews kept per RAW file (thumbnails, previews)
 MAX_RAW_STARTS = 64  # JPEG start markers tried per RAW file, false starts included
 EXIF_ORIENTATION = 0x0112
-EXIF_DESCRIPTION = 0x010E
 EXIF_IFD = 0x8769
 EXIF_DATETIME_ORIGINAL = 0x9003
 _SRGB = ImageCms.createProfile("sRGB")
@@ -58,7 +57,7 @@ class Decoded:
     height: int
     format: str
     taken_at: datetime | None
-    description: str | None  # EXIF ImageDescription or XMP dc:description
+    description: str | None  # EXIF ImageDescription or XMP dc:description, not a camera's boilerplate
     pixels: np.ndarray | None
 
     def record(
@@ -230,7 +229,7 @@ def _decode(path: str, data: bytes, transform: ImageTransform, max_pixels: int) 
         )
     exif = image.getexif()
     orientation = exif.get(EXIF_ORIENTATION, 1)
-    description = clean_caption(_text(exif.get(EXIF_DESCRIPTION))) or xmp_description(image.info.get("xmp"))
+    description = image_description(exif, image.info.get("xmp"))  # camera boilerplate left out
     taken_at = _exif_datetime(exif.get_ifd(EXIF_IFD).get(EXIF_DATETIME_ORIGINAL))
     if image.format in ("JPEG", "MPO"):
         # Decode at the smallest DCT scale that still covers the model input: 4-8x less work.

@@ -26,7 +26,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Any
 
-import lance
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -35,9 +34,6 @@ import pyarrow.parquet as pq
 
 from pipeline.errors import BadOption, OutputError
 from pipeline.ingest.sources import is_uri
-from storage.damage import damaged, is_damage
-from storage.errors import CollectionUnreadable, first_line
-from storage.filters import bad_filter, with_timestamps
 
 if TYPE_CHECKING:
     from storage import Collection
@@ -47,8 +43,6 @@ SUFFIXES = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".npy": "npy
 BATCH_ROWS = 4096  # rows read and written at a time: 4096 x 512 floats is 8 MB per vector column
 VECTOR_COLUMNS = ("vector", "caption_vector")
 FIRST_COLUMNS = ("id", "path")
-READAHEAD_BATCHES = 2  # batches the scanner may read ahead of the writer
-IO_BUFFER_BYTES = 64 * 1024 * 1024  # bytes of data files the scanner may hold in flight
 NPY_HEADER_BYTES = 128  # the header is written before the row count is known, padded to this size
 
 
@@ -86,7 +80,7 @@ def export(
         collection.check_filter(where)  # a bad filter is one line before any file is made
     columns = _columns(collection)
     with _Staged(outputs) as staged:
-        batches = _scan(collection, columns, where, batch_rows)
+        batches = collection.iter_rows(columns, batch_rows, where=where)
         if kind == "parquet":
             rows = _write_parquet(staged["out"], batches, _schema(collection, columns))
         elif kind == "csv":
@@ -140,31 +134,6 @@ def _columns(collection: Collection) -> list[str]:
 def _schema(collection: Collection, columns: list[str]) -> pa.Schema:
     schema = collection.table_schema()
     return pa.schema([schema.field(c) for c in columns])
-
-
-def _scan(collection: Collection, columns: list[str], where: str | None, batch_rows: int) -> Iterator[pa.RecordBatch]:
-    """The rows in batches, straight from the Lance dataset's scanner (nothing is collected).
-
-    Errors while reading become the collection's (damaged, unreadable), never "cannot write".
-    """
-    sql = f"({with_timestamps(where)})" if where else None
-    try:
-        dataset = lance.dataset(collection.dataset_uri())
-        # Little read-ahead: a slow writer (CSV) must not let the scanner buffer the collection.
-        yield from dataset.to_batches(
-            columns=columns,
-            filter=sql,
-            batch_size=batch_rows,
-            batch_readahead=READAHEAD_BATCHES,
-            fragment_readahead=1,
-            io_buffer_size=IO_BUFFER_BYTES,
-        )
-    except (ValueError, RuntimeError, OSError) as exc:
-        if is_damage(exc):
-            raise damaged(collection.uri, exc) from exc
-        if where and not isinstance(exc, OSError):
-            raise bad_filter(where, exc) from exc
-        raise CollectionUnreadable(f"--db {collection.uri}: cannot read it ({first_line(exc)})") from exc
 
 
 def _write_parquet(path: str, batches: Iterator[pa.RecordBatch], schema: pa.Schema) -> int:

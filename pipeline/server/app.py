@@ -253,9 +253,13 @@ def create_app(
         # renders FastAPI's schema when told 3.0; /openapi.json itself stays as FastAPI writes it.
         return {**app.openapi(), "openapi": "3.0.3"}
 
-    @app.get("/api/info", summary="Counts, model and location of the collection", responses=_errors(401, 503))
+    @app.get(
+        "/api/info",
+        summary="Counts, model, location and size of the collection, its roots, last ingest and indexes",
+        responses=_errors(401, 503),
+    )
     def info() -> dict[str, Any]:
-        return stats_dict(lib.stats())
+        return stats_dict(lib.stats(), lib.details())
 
     @app.get("/api/search", summary="Images that match a text, best first", responses=_errors(400, 401, 503))
     async def search(

@@ -26,6 +26,7 @@ from models.spec import EncoderSpec
 from models.transform import ImageTransform
 
 HUB_PROBE_TIMEOUT_S = 3.0
+CHECKPOINT_GLOBS = ("*.safetensors", "*.bin", "*.pth")  # the weights open_clip finds in a local-dir: folder
 HF_CONFIG = "config.json"  # a Hugging Face text tower's config, in a local-dir: folder beside the tokenizer's files
 LOCAL_DIR_HINT = "--model local-dir:/path/to/folder (open_clip_config.json + open_clip_model.safetensors)"
 
@@ -301,8 +302,10 @@ def _local_text_tower(spec: EncoderSpec) -> dict[str, Any]:
         hf_config = json.loads((folder / HF_CONFIG).read_text())
     except (OSError, ValueError):
         return {}
-    if not isinstance(hf_config, dict) or "model_type" not in hf_config:
-        return {}  # some other config.json
+    if not isinstance(hf_config, dict) or "model_type" not in hf_config or "vision_config" in hf_config:
+        return {}  # not a text tower's config (a whole CLIP's, or another tool's file)
+    if not any(folder.glob(pattern) for pattern in CHECKPOINT_GLOBS):
+        return {}  # no weights here: open_clip would take the tower's from the hub, so let it ask there
     # The folder's checkpoint holds the tower's weights: build it from the config alone.
     return {"text_cfg": {**text_cfg, "hf_model_name": str(folder.resolve()), "hf_model_pretrained": False}}
 

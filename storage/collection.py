@@ -631,18 +631,23 @@ class Collection:
         return states
 
     def ingest_history(self) -> tuple[list[str], datetime | None]:
-        """The folders and prefixes ever ingested, and when the last ingest finished (None: never)."""
-        roots = json.loads(self._meta.get("roots", "[]"))
-        last = self._meta.get("last_ingest")
+        """The folders and prefixes ever ingested, and when the last ingest finished (None: never),
+        as stored now (another process's ingest included), not as when this collection was opened."""
+        stored = self._stored_meta()
+        roots = json.loads(stored.get("roots", "[]"))
+        last = stored.get("last_ingest")
         return [str(r) for r in roots], datetime.fromisoformat(last) if last else None
 
     def record_ingest(self, roots: Sequence[str], at: datetime, changed: bool) -> None:
         """Remember the roots of a finished ingest and its time, for ingest_history (one commit of
         meta), unless the run changed nothing under roots already known: a no-op run writes nothing."""
-        stored = {r["key"]: r["value"] for r in self._db.open_table(META).to_arrow().to_pylist()}
-        before = set(json.loads(stored.get("roots", "[]")))  # as now, not as opened
+        before = set(json.loads(self._stored_meta().get("roots", "[]")))  # as now, not as opened
         if changed or not before >= set(roots):
             self._set_meta({"roots": json.dumps(sorted(before | set(roots))), "last_ingest": at.isoformat()})
+
+    def _stored_meta(self) -> dict[str, str]:
+        """The meta table as stored now."""
+        return {r["key"]: r["value"] for r in self._db.open_table(META).to_arrow().to_pylist()}
 
 
 @dataclass(frozen=True)

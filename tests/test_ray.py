@@ -179,6 +179,9 @@ def test_ray_decodes_videos_in_tasks_as_local_ingest_does(shared_ray: None, tmp_
     assert (hit[0].path, hit[0].timestamp) == (str(scenes), 0.0)
 
     assert ray.ingest([root]).counts()["unchanged"] == 3  # nothing decoded again
+    os.utime(root / "more" / "rings.mp4", ns=(1, 1))  # touched: hashed, not decoded nor embedded again
+    touched = ray.ingest([root])
+    assert (touched.unchanged, touched.updated, touched.moments) == (3, 0, 0)
     write_video(scenes, [PICTURES["gradient"]] * 2)  # changed: 4 s of other pictures
     again = ray.ingest([root])
     assert (again.updated, again.added, again.videos, again.moments) == (1, 0, 1, 2)

@@ -230,6 +230,14 @@ def test_sync_by_file_unchanged_moved_changed_deleted(
         now = lib.collection.versions()
         assert (now["images"], now["failures"]) == (versions["images"], versions["failures"])  # no empty commit
 
+    os.utime(video, ns=(1, 1))  # touched: the same bytes with another mtime (a restore, a copy)
+    with monkeypatch.context() as patch:
+        patch.setattr("pipeline.ingest.local.decode_media", no_decoding)  # hashed, not decoded again
+        touched = lib.ingest([root])
+    assert (touched.unchanged, touched.updated, touched.added, touched.moments) == (1, 0, 0, 0)
+    assert {r["id"] for r in _moments(lib, video)} == set(before)
+    assert lib.collection.file_states()[str(video)].mtime_ns == 1
+
     moved = root / "b" / "renamed.mp4"
     moved.parent.mkdir()
     os.rename(video, moved)

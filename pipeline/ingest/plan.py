@@ -137,6 +137,33 @@ def find_moves(pool: DecodePool, plan: Plan, states: Mapping[str, FileState], pr
     return moves
 
 
+def find_touched(
+    pool: DecodePool, plan: Plan, states: Mapping[str, FileState], force: frozenset[str], progress: ProgressFn
+) -> list[Moved]:
+    """Stored files whose mtime changed but not their bytes (touched, restored from a backup,
+    copied without their times), told by hashing them first: the plan's decode loses them, so
+    a touched video is not decoded and embedded again. Only a file of its stored size can be one."""
+    candidates = {
+        f.path: states[f.path]
+        for f in plan.decode
+        if f.path in states and states[f.path].size == f.size and f.path not in force
+    }
+    if not candidates:
+        return []
+    by_path = {f.path: f for f in plan.decode}
+    touched: list[Moved] = []
+    for done, result in enumerate(pool.map(hash_file, list(candidates)), 1):
+        progress(Progress("hash", done, len(candidates)))
+        if isinstance(result, DecodeFailed) or result.hash != candidates[result.path].hash:
+            continue  # decoding will record the failure, or embed the new content
+        f, stored = by_path[result.path], candidates[result.path]
+        touched.append(Moved(stored.id, f.path, f.size, f.mtime_ns))
+        plan.recaption.append((f, stored))
+    same = {m.path for m in touched}
+    plan.decode = [f for f in plan.decode if f.path not in same]
+    return touched
+
+
 def in_scope(path: str, scopes: Sequence[str]) -> bool:
     """True when path is one of scopes or lies below one."""
     return any(path == s or path.startswith(s.rstrip(os.sep) + os.sep) for s in scopes)

@@ -32,9 +32,10 @@ import models
 from models import EncoderSpec, ImageTransform
 from pipeline.config import default_workers
 from pipeline.errors import ClipdexError, EngineError, first_line
-from pipeline.ingest.decode import Decoded, DecodeFailed
+from pipeline.ingest.decode import Decoded, DecodeFailed, decode_file
 from pipeline.ingest.embed import Target, embed_decoded
 from pipeline.ingest.local import LocalEngine
+from pipeline.ingest.pool import DecodePool
 from pipeline.ingest.progress import Progress
 from pipeline.ingest.scan import ScannedFile
 from pipeline.ingest.sync import Sync, finish_writes
@@ -44,11 +45,15 @@ from storage import IndexSpec, conform, records_table
 if TYPE_CHECKING:
     from storage import Collection
 
-CHUNK_FILES = 20_000  # files per Ray job, and so per commit: what an interrupted run can lose
+# Rows per Ray job, and so per commit (what an interrupted run can lose): a photo is one row, a
+# video counts as --video-max-frames rows (its moments at most), so that the job's vectors held
+# until the commit, and its outcome rows, stay bounded whatever the mix.
+CHUNK_ROWS = 20_000
 DECODE_BATCH = 16  # photos per decode task (a video has a task of its own)
 DECODE_CPUS = 0.5  # a decode task's CPU share: tasks must fit beside the encoder actors
 # Bytes a decode task may need: one large photo at a time, or one video's decoder (a 4K frame
-# pool) and its moments (at most 300 x 224 x 224 x 3 bytes, 45 MB).
+# pool) and its moments (held twice briefly, as they come back from the decode process; at the
+# default 300 moments of 224 x 224 x 3 bytes, 45 MB each time).
 DECODE_MEMORY = 512 * 2**20
 # Credentials and endpoints the workers need to read sources and write the collection.
 FORWARDED_ENV = ("AWS_", "GOOGLE_", "AZURE_", "CLIPDEX_", "HF_")
@@ -107,10 +112,11 @@ class RayEngine:
         if not files or sync.stop.is_set():
             return
         start_ray(self.options)
-        for start in range(0, len(files), CHUNK_FILES):
-            chunk = files[start : start + CHUNK_FILES]
+        done = 0
+        for chunk in chunks(files, sync.options.video.max_frames):
             self._run_chunk(chunk, sync)
-            sync.progress(Progress("embed", start + len(chunk), len(files)))
+            done += len(chunk)
+            sync.progress(Progress("embed", done, len(files)))
             if sync.stop.is_set():
                 break
 
@@ -136,7 +142,8 @@ class RayEngine:
                           "planned": target.caption is not None, "stamp": target.stamp or ""})  # fmt: skip
         try:
             done = self._embedded(sync, items)
-            outcome = done.select_columns(["path", "hash", "failure", "kind"]).take_all()
+            # One row per file and block (a video's moments counted), not per moment, to the driver.
+            outcome = done.map_batches(_file_outcomes, batch_format="pyarrow").take_all()
         except ClipdexError:
             raise
         except Exception as exc:  # Ray's, Ray Data's or a worker's (a decode task that died on a file)
@@ -149,10 +156,10 @@ class RayEngine:
             LocalEngine().embed(files, sync)
             return
         by_path = {f.path: f for f in files}
-        settled, moments = _outcomes(outcome)
+        outcomes = _merged_outcomes(outcome)
         embedded, skip = [], set()
-        for path, (failure, digest) in settled.items():
-            if sync.settle(by_path[path], failure, digest):
+        for path, file in outcomes.items():
+            if sync.settle(by_path[path], file.failure, file.hash):
                 embedded.append(path)
             else:
                 skip.add(path)  # touched (mtime only): the stored rows stay; failed: no row is stored
@@ -161,17 +168,17 @@ class RayEngine:
         # video's moments) for a path.
         sync.collection.delete(sync.states[p].id for p in embedded if p in sync.states)
         append(sync.collection, done.map_batches(_stored_rows, fn_kwargs={"skip": skip}, batch_format="pyarrow"))
-        sync.count_stored(embedded, moments)
+        sync.count_stored(embedded, {p: outcomes[p].moments for p in embedded})
         sync.commit()  # touched rows and failures
 
     def _embedded(self, sync: Sync, items: list[dict[str, Any]]) -> Any:
         """Decode in tasks, embed in actors: the materialized rows (and failures) of these files."""
         import ray  # noqa: PLC0415 - optional dependency
 
-        opts = self.options
+        engine = self.options
         cluster_cpus = ray.cluster_resources().get("CPU", 1.0)  # type: ignore[no-untyped-call]
         encoder = sync.encoder
-        options = sync.options
+        ingest = sync.options
         with warnings.catch_warnings():
             # A small change (fewer files than actors) leaves actors idle; Ray warns about that.
             warnings.filterwarnings("ignore", message="The minimum number of concurrent actors")
@@ -182,8 +189,8 @@ class RayEngine:
                     batch_size=None,  # a block each: DECODE_BATCH photos, or one video
                     fn_kwargs={
                         "transform": encoder.transform,
-                        "max_pixels": options.max_pixels,
-                        "sampling": options.video,
+                        "max_pixels": ingest.max_pixels,
+                        "sampling": ingest.video,
                     },
                     num_cpus=DECODE_CPUS,
                     # A decoded 12 MP photo takes ~36 MB. Resources unlike the actors' also keep Ray
@@ -194,12 +201,12 @@ class RayEngine:
                     _Embedder,
                     batch_size=encoder.batch_size,
                     fn_constructor_kwargs={"spec": self.spec, "fingerprint": encoder.fingerprint.to_json()},
-                    compute=ray.data.ActorPoolStrategy(size=opts.workers),
-                    num_cpus=opts.cpus_per_worker or _default_actor_cpus(opts, cluster_cpus),
-                    num_gpus=opts.gpus_per_worker or None,
+                    compute=ray.data.ActorPoolStrategy(size=engine.workers),
+                    num_cpus=engine.cpus_per_worker or _default_actor_cpus(engine, cluster_cpus),
+                    num_gpus=engine.gpus_per_worker or None,
                     batch_format="numpy",
                 )
-                .materialize()  # vectors only (a few KB per image): the pixels were streamed
+                .materialize()  # vectors only (a few KB per row, CHUNK_ROWS at most): the pixels were streamed
             )
 
 
@@ -248,13 +255,42 @@ def _default_actor_cpus(opts: RayOptions, cluster_cpus: float) -> float:
     return float(int(share)) if share >= 1 else max(0.1, share)
 
 
+def chunks(files: list[ScannedFile], max_frames: int) -> Iterator[list[ScannedFile]]:
+    """The files in jobs of CHUNK_ROWS rows at most (a video counted as max_frames rows), in order."""
+    chunk: list[ScannedFile] = []
+    rows = 0
+    for f in files:
+        weight = max_frames if is_video(f.path) else 1
+        if chunk and rows + weight > CHUNK_ROWS:
+            yield chunk
+            chunk, rows = [], 0
+        chunk.append(f)
+        rows += weight
+    if chunk:
+        yield chunk
+
+
 def decode_blocks(items: list[dict[str, Any]]) -> list[pa.Table]:
-    """The blocks of a job's decode tasks: DECODE_BATCH photos each, and each video alone (a video
-    takes as long as many photos, and its moments are many rows)."""
+    """The blocks of a job's decode tasks: each video alone, first (a video takes as long as many
+    photos, and its moments are many rows), then DECODE_BATCH photos each."""
+    groups = [[item] for item in items if is_video(item["path"])]
     photos = [item for item in items if not is_video(item["path"])]
-    groups = [photos[i : i + DECODE_BATCH] for i in range(0, len(photos), DECODE_BATCH)]
-    groups += [[item] for item in items if is_video(item["path"])]
+    groups += [photos[i : i + DECODE_BATCH] for i in range(0, len(photos), DECODE_BATCH)]
     return [pa.Table.from_pylist(group) for group in groups]
+
+
+_video_pool: DecodePool | None = None  # one decode process per Ray worker, kept between its tasks
+
+
+def decode_video_apart(path: str, transform: ImageTransform, max_pixels: int, sampling: Sampling) -> Any:
+    """A video decoded in a child process of this Ray worker, as the local decode pool does it: a
+    decoder stuck inside FFmpeg past pool.VIDEO_TIMEOUT_S, or one that crashes, is a failure of
+    this file (its process replaced), never a hung or failed job."""
+    global _video_pool  # noqa: PLW0603 - a process-wide pool, started on first use
+    if _video_pool is None:
+        _video_pool = DecodePool(1)
+    (result,) = _video_pool.map(decode_media, [path], transform, max_pixels, sampling)  # the map run to its end
+    return result
 
 
 def _decode_batch(
@@ -265,7 +301,10 @@ def _decode_batch(
     decoded, so no more than one video's moments are held."""
     rows: list[tuple[int, Decoded | DecodedVideo | DecodeFailed, Moment | None]] = []
     for i, path in enumerate(batch["path"]):
-        result = decode_media(str(path), transform, max_pixels, sampling)
+        if is_video(str(path)):
+            result = decode_video_apart(str(path), transform, max_pixels, sampling)
+        else:
+            result = decode_file(str(path), transform, max_pixels)
         if isinstance(result, DecodedVideo):
             yield _decoded_rows(batch, [(i, result, moment) for moment in result.moments], transform)
         else:
@@ -293,7 +332,7 @@ def _decoded_rows(
     out["description"] = np.array(
         [r.description or "" if isinstance(r, Decoded) else "" for r in results], dtype=object
     )
-    out["kind"] = np.array(["video" if v else "image" for v in video], dtype=object)
+    out["kind"] = np.array(["video" if is_video(str(p)) else "image" for p in out["path"]], dtype=object)
     out["timestamp"] = np.array([m.timestamp if m else np.nan for _, _, m in rows], dtype=np.float64)
     out["duration"] = np.array([v.duration if v else np.nan for v in video], dtype=np.float64)
     out["fps"] = np.array([v.fps if v and v.fps else np.nan for v in video], dtype=np.float64)
@@ -316,14 +355,14 @@ class _Embedder:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
         ok = [i for i, failure in enumerate(batch["failure"]) if not failure]
-        moments: dict[str, list[int]] = {}  # a video's rows in this batch (its other moments may be in others)
+        video_rows: dict[str, list[int]] = {}  # a video's rows in this batch (its other moments may be in others)
         for i in ok:
             if batch["kind"][i] == "video":
-                moments.setdefault(str(batch["path"][i]), []).append(i)
+                video_rows.setdefault(str(batch["path"][i]), []).append(i)
         items: list[tuple[Decoded | DecodedVideo, Target]] = [
             (_decoded(batch, i), _target(batch, i)) for i in ok if batch["kind"][i] != "video"
         ]
-        items += [(_video(batch, rows), _target(batch, rows[0])) for rows in moments.values()]
+        items += [(_video(batch, rows), _target(batch, rows[0])) for rows in video_rows.values()]
         embedded = embed_decoded(self.encoder, items)
         table = _loose(records_table(embedded.records, self.dimension))
         failed = [
@@ -386,20 +425,46 @@ def _target(batch: dict[str, np.ndarray], i: int) -> Target:
     )
 
 
-def _outcomes(rows: list[dict[str, Any]]) -> tuple[dict[str, tuple[str | None, str]], dict[str, int]]:
-    """The job's outcome rows (path, hash, failure, kind) by file: (its failure or None, its hash),
-    and the moments embedded per video. A video fails whole if any of its rows failed (a botched
-    vector in one actor's batch)."""
-    settled: dict[str, tuple[str | None, str]] = {}
-    moments: dict[str, int] = {}
+@dataclass
+class _FileOutcome:
+    """What a Ray job did with one file: its failure (None: embedded), its content hash, and the
+    moments embedded (a video's)."""
+
+    failure: str | None
+    hash: str
+    moments: int
+
+
+OUTCOME_SCHEMA = pa.schema([pa.field("path", pa.string()), pa.field("hash", pa.string()),
+                            pa.field("failure", pa.string()), pa.field("moments", pa.int64())])  # fmt: skip
+
+
+def _file_outcomes(block: pa.Table) -> pa.Table:
+    """A block of the job's rows (photos, video moments, failures) as one row per file in it."""
+    rows = block.select(["path", "hash", "failure", "kind"]).to_pylist()
     for row in rows:
-        path, failure = row["path"], row["failure"] or None
-        before = settled.get(path)
-        if before is None or (failure and not before[0]):
-            settled[path] = (failure, row["hash"] or (before[1] if before else ""))
-        if not failure and row["kind"] == "video":
-            moments[path] = moments.get(path, 0) + 1
-    return settled, moments
+        row["moments"] = int(row.pop("kind") == "video" and not row["failure"])
+    merged = _merged_outcomes(rows)
+    return pa.Table.from_pylist(
+        [{"path": p, "hash": o.hash, "failure": o.failure, "moments": o.moments} for p, o in merged.items()],
+        schema=OUTCOME_SCHEMA,
+    )
+
+
+def _merged_outcomes(rows: list[dict[str, Any]]) -> dict[str, _FileOutcome]:
+    """Outcome rows (path, hash, failure, moments) by file: a video whose moments reached several
+    actor batches has a row from each, and fails whole if any of them failed (a botched vector)."""
+    merged: dict[str, _FileOutcome] = {}
+    for row in rows:
+        failure = row["failure"] or None
+        known = merged.get(row["path"])
+        if known is None:
+            merged[row["path"]] = _FileOutcome(failure, row["hash"] or "", row["moments"])
+            continue
+        known.failure = known.failure or failure
+        known.hash = known.hash or row["hash"] or ""
+        known.moments += row["moments"]
+    return merged
 
 
 def _loose(table: pa.Table) -> pa.Table:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Protocol
 from models import Encoder
 from pipeline.ingest.captions import choose_caption, planned_caption, sidecar_stamp
 from pipeline.ingest.embed import CommitClock, Embedded, Target, embed_captions
-from pipeline.ingest.plan import IngestOptions, Plan, find_moves, in_scope, make_plan
+from pipeline.ingest.plan import IngestOptions, Plan, find_moves, find_touched, in_scope, make_plan
 from pipeline.ingest.pool import DecodePool
 from pipeline.ingest.progress import Progress, ProgressFn, no_progress
 from pipeline.ingest.scan import ScannedFile, Scanner
@@ -259,6 +259,10 @@ class Ingester:
                 moves = find_moves(pool, plan, states, progress)
                 self.collection.move(moves)
                 report.moved = len(moves)
+                touched = find_touched(pool, plan, states, opts.force, progress)
+                self.collection.move(touched)  # the new mtime: the row and its vectors stay
+                report.unchanged += len(touched)
+            if plan.decode and not self.stop.is_set():
                 self.engine.embed(plan.decode, sync)
         if self.stop.is_set():
             # What is written is complete and consistent; deletions and caption edits wait for the

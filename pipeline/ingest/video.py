@@ -239,9 +239,12 @@ def _sample(
         due = t - last_moment_t >= interval or (scene and t - last_moment_t >= MIN_SCENE_GAP_S)
         if not due:
             continue
+        timestamp = round(max(t, 0.0), 3)
+        if moments and timestamp <= moments[-1].timestamp:
+            continue  # a frame stamped before 0 or out of order: a moment's time must be its own
         if not moments:
             rotation = int(getattr(frame, "rotation", 0) or 0) % 360
-        moments.append(Moment(round(max(t, 0.0), 3), _pixels(frame, transform), scene))
+        moments.append(Moment(timestamp, _pixels(frame, transform), scene))
         last_moment_t = t
         if len(moments) > sampling.max_frames:
             # Spread over the whole video without knowing its length: keep every other one.

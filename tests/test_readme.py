@@ -124,6 +124,16 @@ def test_the_readme_has_examples() -> None:
     assert sum(not_run(c) is None for c in commands) > 20  # most of them run
 
 
+def test_the_readme_is_well_formed() -> None:
+    """No stray draft: every section heading once, HTML comments closed, code fences paired."""
+    text = README.read_text(encoding="utf-8")
+    headings = [line for line in text.splitlines() if line.startswith("## ")]
+    assert len(headings) == len(set(headings)), [h for h in headings if headings.count(h) > 1]
+    assert all('"' not in h for h in headings), headings
+    assert text.count("<!--") == text.count("-->")
+    assert sum(line.startswith("```") for line in text.splitlines()) % 2 == 0
+
+
 @pytest.mark.parametrize("number", range(len(python_blocks())))
 def test_readme_python_example_runs_as_written(
     number: int, tiny_model: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch

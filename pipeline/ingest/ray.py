@@ -378,37 +378,35 @@ class _Embedder:
                                 promote_options="default")  # fmt: skip
 
 
+def _facts(batch: dict[str, np.ndarray], i: int) -> dict[str, Any]:
+    """The file facts of row i of a decoded batch, as Decoded and DecodedVideo take them."""
+    taken_at = batch["taken_at"][i]
+    return {
+        "path": str(batch["path"][i]),
+        "hash": str(batch["hash"][i]),
+        "size": int(batch["size"][i]),
+        "width": int(batch["width"][i]),
+        "height": int(batch["height"][i]),
+        "format": str(batch["format"][i]),
+        "taken_at": datetime.fromisoformat(taken_at) if taken_at else None,
+    }
+
+
 def _decoded(batch: dict[str, np.ndarray], i: int) -> Decoded:
     """Row i of a decoded batch as the Decoded that decode_file made in the task."""
-    taken_at = batch["taken_at"][i]
-    return Decoded(
-        path=str(batch["path"][i]),
-        hash=str(batch["hash"][i]),
-        size=int(batch["size"][i]),
-        width=int(batch["width"][i]),
-        height=int(batch["height"][i]),
-        format=str(batch["format"][i]),
-        taken_at=datetime.fromisoformat(taken_at) if taken_at else None,
-        description=str(batch["description"][i]) or None,
-        pixels=batch["pixels"][i],
-    )
+    return Decoded(**_facts(batch, i), description=str(batch["description"][i]) or None, pixels=batch["pixels"][i])
 
 
 def _video(batch: dict[str, np.ndarray], rows: list[int]) -> DecodedVideo:
-    """A video's moments among a decoded batch's rows, as a DecodedVideo of those moments."""
+    """A video's moments among a decoded batch's rows, as a DecodedVideo of those moments (whether a
+    moment was taken at a cut is not carried through the job: nothing after decoding uses it)."""
     i = rows[0]
-    taken_at, fps = batch["taken_at"][i], float(batch["fps"][i])
+    fps = float(batch["fps"][i])
     return DecodedVideo(
-        path=str(batch["path"][i]),
-        hash=str(batch["hash"][i]),
-        size=int(batch["size"][i]),
-        width=int(batch["width"][i]),
-        height=int(batch["height"][i]),
-        format=str(batch["format"][i]),
+        **_facts(batch, i),
         codec=str(batch["codec"][i]),
         duration=float(batch["duration"][i]),
         fps=None if math.isnan(fps) else fps,
-        taken_at=datetime.fromisoformat(taken_at) if taken_at else None,
         moments=tuple(Moment(float(batch["timestamp"][j]), batch["pixels"][j], scene=False) for j in rows),
     )
 

@@ -318,7 +318,7 @@ def test_lightbox_details_name_the_camera_and_labels(web: TestClient, gallery: C
     }
 
 
-def test_duplicates_come_a_page_at_a_time(web: TestClient) -> None:
+def test_duplicates_come_a_page_at_a_time(web: TestClient, gallery: Clipdex) -> None:
     first = web.get("/api/duplicates", params={"limit": 1}).json()
     assert first["total"] >= 1 and len(first["groups"]) == 1
     exact = first["groups"][0]
@@ -327,6 +327,13 @@ def test_duplicates_come_a_page_at_a_time(web: TestClient) -> None:
         "photo copy.jpg",
     }
     assert first["summary"]["deletable"] >= 1 and first["summary"]["bytes"] >= exact["members"][1]["size"]
+    # The same figures as clipdex duplicates: similar shots are not counted as deletable.
+    from pipeline.analyse.duplicates import find_duplicates, summarise  # noqa: PLC0415
+
+    cli = summarise(find_duplicates(gallery.collection))
+    expected = {"groups": cli.groups, "by_tier": cli.by_tier, "files": cli.files, "deletable": cli.deletable,
+                "bytes": cli.deletable_bytes, "tiers": ["exact", "near"]}  # fmt: skip
+    assert first["summary"] == expected
     assert web.get("/api/duplicates", params={"offset": first["total"]}).json()["groups"] == []
     assert web.get("/api/duplicates", params={"limit": 201}).status_code == 422
 

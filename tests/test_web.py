@@ -121,7 +121,9 @@ def test_gallery_search_filters_history_lightbox_and_keyboard(
     expect(tab.locator("#q")).to_be_focused()
     expect(tab.locator("#q")).to_have_value("")
     tab.keyboard.type("a sunset over the sea")
-    tab.keyboard.press("Enter")
+    with tab.expect_request(lambda r: "/api/query" in r.url) as asked:
+        tab.keyboard.press("Enter")
+    assert query_of(asked.value.url)["k"] == ["48"]  # as many as the Results box says
     expect(status).to_contain_text("results for “a sunset over the sea”")
     assert query_of(tab.url) == {"q": ["a sunset over the sea"]}
     assert tile_ids(tab) == [h.id for h in gallery.query("a sunset over the sea", k=48)]
@@ -153,17 +155,38 @@ def test_gallery_search_filters_history_lightbox_and_keyboard(
     expect(tab.locator("#lb-img")).to_have_js_property("complete", True)
     assert tab.locator("#lb-img").evaluate("i => i.naturalWidth") > 0
     shot(tab, "lightbox")
+    assert query_of(tab.url)["open"] == [first]  # the link opens it
     tab.keyboard.press("ArrowRight")
     expect(box).to_have_attribute("data-id", second)
     expect(tab.locator("#lb-facts [data-fact=file]")).to_have_text(rows[second]["path"])
+    assert query_of(tab.url)["open"] == [second]
+    tab.reload()
+    expect(box).to_have_attribute("data-id", second)
+    expect(box).to_have_attribute("open", "")
+    tab.go_back()  # Back closes the picture; the results stay
+    expect(box).not_to_have_attribute("open", "")
+    assert query_of(tab.url) == {"q": ["a sunset over the sea"]}
+    tab.go_forward()
+    expect(box).to_have_attribute("open", "")
+    expect(box).to_have_attribute("data-id", second)
     tab.keyboard.press("Escape")
     expect(box).not_to_have_attribute("open", "")
+    assert query_of(tab.url) == {"q": ["a sunset over the sea"]}
+    tiles.first.click()
+    tab.keyboard.press("Escape")  # closing a picture opened here leaves its history entry
+    expect(box).not_to_have_attribute("open", "")
+    tab.wait_for_function("() => !location.search.includes('open=')")
     tiles.first.click()
     tab.locator("#lb-like").click()
     expect(status).to_contain_text("results for a picture")
     assert query_of(tab.url) == {"like": [first]}
     expect(tab.locator("#query-images .query-image")).to_have_attribute("data-id", first)
     assert first not in tile_ids(tab)
+    tab.go_back()  # to the search it came from, not to the open picture
+    expect(status).to_contain_text("results for “a sunset over the sea”")
+    expect(box).not_to_have_attribute("open", "")
+    tab.go_forward()
+    expect(status).to_contain_text("results for a picture")
 
     # Query algebra in the box: a stored image by its name, minus a text; errors as sentences.
     tab.fill("#q", "sunset.jpg - a dog")
@@ -182,7 +205,8 @@ def test_gallery_search_filters_history_lightbox_and_keyboard(
 
     # Duplicates, a page of groups at a time, the keeper marked.
     tab.locator("#duplicates-link").click()
-    expect(status).to_contain_text("could go, freeing")
+    expect(status).to_contain_text("could go (exact, near), freeing")
+    expect(status).to_contain_text("similar shots are kept")
     exact = tab.locator(".group").first
     expect(exact.locator("h2")).to_have_text("Exact: 2 pictures")
     expect(exact.locator(".tile").first.locator(".badge")).to_have_text("keep")

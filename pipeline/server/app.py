@@ -37,6 +37,7 @@ from starlette.concurrency import run_in_threadpool
 from swagger_ui_bundle import swagger_ui_path
 
 from models import ModelError
+from pipeline.analyse.duplicates import summarise
 from pipeline.config import TARGETS
 from pipeline.errors import BadOption, ClipdexError
 from pipeline.ingest.decode import FORMATS, DecodeFailed, decode_bytes, thumbnail_of
@@ -525,13 +526,19 @@ def create_app(
         offset: Annotated[int, Query(ge=0)] = 0, limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 10
     ) -> dict[str, Any]:
         groups = overview.duplicates()
-        extra = sum(len(g.members) - 1 for g in groups)
-        freed = sum(m.size for g in groups for m in g.members[1:])
+        totals = summarise(groups)  # what clipdex duplicates counts: similar shots are kept
         return {
             "total": len(groups),
             "offset": offset,
             "limit": limit,
-            "summary": {"groups": len(groups), "deletable": extra, "bytes": freed},
+            "summary": {
+                "groups": totals.groups,
+                "by_tier": totals.by_tier,
+                "files": totals.files,
+                "deletable": totals.deletable,
+                "bytes": totals.deletable_bytes,
+                "tiers": list(totals.tiers),
+            },
             "groups": [dataclasses.asdict(g) for g in groups[offset : offset + limit]],
         }
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import difflib
 import re
+from datetime import datetime
 
 from storage.errors import BadFilter, first_line
+from storage.schema import images_schema
 
 MAX_WHERE_CHARS = 4000  # a filter longer than this is refused
 MAX_LITERAL_CHARS = 1000  # a quoted string longer than this is refused
@@ -22,9 +24,9 @@ ALLOWED_FUNCTIONS = frozenset(
 SQL_WORDS = frozenset({"and", "or", "not", "in", "is", "like", "ilike", "between", "as", "then", "else", "when"})
 # Columns clipdex keeps for itself: never offered in an error message.
 INTERNAL_COLUMNS = frozenset({"vector", "caption_vector", "mtime_ns", "hash", "caption_stamp", "file_id"})
-BUILT_IN_COLUMNS = (
-    "id, path, size, mtime_ns, width, height, format, taken_at, description, caption, caption_source, ingested_at"
-)
+# The columns every collection has that a filter may name (tags and clusters come on top).
+BUILT_IN_COLUMNS = ", ".join(n for n in images_schema(1).names if n not in INTERNAL_COLUMNS)
+KINDS = ("image", "video")  # the values of the kind column
 
 
 def check_where(where: str) -> None:
@@ -56,12 +58,42 @@ def check_where(where: str) -> None:
         raise BadFilter(f"--where {where!r}: comments and ';' are not allowed outside quoted strings")
     if re.search(r"[?$]|(?<!:):(?!:)|:::", text):  # '::' is a cast (width::bigint); ':x', '?', '$1' placeholders
         raise BadFilter(f"--where {where!r}: placeholders (?, $1, :name) are not supported; put values in quotes")
+    _check_values(where)
     for name in re.findall(r"([A-Za-z_][A-Za-z0-9_]*)\s*\(", text):
         if name.lower() not in ALLOWED_FUNCTIONS | SQL_WORDS:
             raise BadFilter(
                 f"--where {where!r}: {name}() is not allowed in a filter; use "
                 f"{', '.join(sorted(ALLOWED_FUNCTIONS - {'timestamp', 'date'}))}"
             )
+
+
+def _check_values(where: str) -> None:
+    """Values a filter compares with that can only be a mistake, named before any query runs: a
+    date that is not one (taken_at > 'June', '2024-13-01'), a kind that does not exist."""
+    for value in (v for m in _DATE_VALUES.finditer(where) for v in m.groups() if v is not None):
+        if not _is_date(value):
+            raise BadFilter(
+                f"--where {where!r}: '{value}' is not a date; write it as 2024-06-01 (or 2024-06, 2024, "
+                "2024-06-01 12:30)"
+            )
+    for value in _KIND_VALUES.findall(where):
+        if value not in KINDS:
+            raise BadFilter(
+                f"--where {where!r}: kind is 'image' (photos) or 'video' (moments of videos), not '{value}'"
+            )
+
+
+def _is_date(value: str) -> bool:
+    match = re.fullmatch(_DATE[1:-1], value)
+    if match is None:
+        return False
+    parts = (int(g) if g else d for g, d in zip(match.groups(), (0, 1, 1, 0, 0, 0), strict=True))
+    year, month, day, hour, minute, second = parts
+    try:
+        datetime(year, month, day, hour, minute, second)
+    except ValueError:
+        return False
+    return True
 
 
 TIMESTAMP_COLUMNS = ("taken_at", "ingested_at")
@@ -73,6 +105,13 @@ _COMPARED = re.compile(
     re.IGNORECASE,
 )
 _AND_DATE = re.compile(r"(\bBETWEEN\s+TIMESTAMP\s+'[^']*'\s+AND\s+)" + _DATE, re.IGNORECASE)
+# The quoted values a timestamp column is compared with (and BETWEEN's second one), as written.
+_DATE_VALUES = re.compile(
+    r"\b(?:" + "|".join(TIMESTAMP_COLUMNS) + r")\s*(?:<=|>=|<>|!=|=|<|>)\s*'([^']*)'"
+    r"|\b(?:" + "|".join(TIMESTAMP_COLUMNS) + r")\s+BETWEEN\s+'([^']*)'\s+AND\s+'([^']*)'",
+    re.IGNORECASE,
+)
+_KIND_VALUES = re.compile(r"\bkind\s*(?:=|<>|!=)\s*'([^']*)'", re.IGNORECASE)
 
 
 def with_timestamps(where: str) -> str:
@@ -104,7 +143,13 @@ def bad_filter(where: str | None, exc: Exception) -> BadFilter:
             "(a reembed drops them: run those again)."
         )
         return BadFilter(f"--where {where!r}: no column named {name}{hint} Columns: {', '.join(shown)}")
-    return BadFilter(f"--where {where!r}: {reason}; filter on {BUILT_IN_COLUMNS} (SQL, strings in single quotes)")
+    parser = re.search(r"sql parser error: (.*?)\)?$", reason)
+    if parser:  # LanceDB quotes the statement it wrapped the filter in: only the parser's words matter
+        reason = f"not a filter clipdex can read ({parser.group(1).rstrip('.')})"
+    return BadFilter(
+        f"--where {where!r}: {reason}; write it as SQL, e.g. width > 1000 AND format = 'JPEG', strings in single "
+        f"quotes; filter on {BUILT_IN_COLUMNS}"
+    )
 
 
 def sql_str(value: str) -> str:

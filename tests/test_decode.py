@@ -129,6 +129,29 @@ def test_exif_rotation_turns_the_pixels(good: dict[str, Path]) -> None:
     assert not (top_left[0] > 200 and top_left[2] < 60)
 
 
+@pytest.mark.parametrize(
+    ("tags", "expected"),
+    [
+        ({0x0132: "2020:01:10 12:34:56"}, datetime(2020, 1, 10, 12, 34, 56)),  # IFD0 DateTime only (a scanner)
+        ({0x0132: "2020:01:10 12:34:56", 0x9004: "2019:02:03 04:05:06"}, datetime(2019, 2, 3, 4, 5, 6)),
+        ({0x0132: "2020:01:10 12:34:56", 0x9003: "2018:01:01 00:00:01"}, datetime(2018, 1, 1, 0, 0, 1)),
+        ({0x0132: "    :  :     :  :  "}, None),  # a camera's blank
+    ],
+)
+def test_the_capture_date_falls_back_to_the_digitized_and_file_dates(
+    tmp_path: Path, tags: dict[int, str], expected: datetime | None
+) -> None:
+    exif = Image.Exif()
+    for tag, value in tags.items():
+        if tag == 0x0132:
+            exif[tag] = value
+        else:
+            exif.get_ifd(0x8769)[tag] = value
+    path = tmp_path / "dated.jpg"
+    Image.new("RGB", (40, 30), (90, 120, 200)).save(path, exif=exif)
+    assert _decoded(path).taken_at == expected
+
+
 def test_xmp_description_is_read(good: dict[str, Path]) -> None:
     decoded = _decoded(good["xmp_description"])
 

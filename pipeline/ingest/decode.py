@@ -41,7 +41,9 @@ MAX_RAW_PREVIEWS = 16  # JPEG previews kept per RAW file (thumbnails, previews)
 MAX_RAW_STARTS = 64  # JPEG start markers tried per RAW file, false starts included
 EXIF_ORIENTATION = 0x0112
 EXIF_IFD = 0x8769
-EXIF_DATETIME_ORIGINAL = 0x9003
+EXIF_DATETIME_ORIGINAL = 0x9003  # when the picture was taken
+EXIF_DATETIME_DIGITIZED = 0x9004  # when it was stored (a scan's date)
+EXIF_DATETIME = 0x0132  # IFD0: when the file was last written; what editors and some cameras leave alone
 _SRGB = ImageCms.createProfile("sRGB")
 _ROTATED = (5, 6, 7, 8)  # orientations that swap width and height
 
@@ -230,7 +232,7 @@ def _decode(path: str, data: bytes, transform: ImageTransform, max_pixels: int) 
     exif = image.getexif()
     orientation = exif.get(EXIF_ORIENTATION, 1)
     description = image_description(exif, image.info.get("xmp"))  # camera boilerplate left out
-    taken_at = _exif_datetime(exif.get_ifd(EXIF_IFD).get(EXIF_DATETIME_ORIGINAL))
+    taken_at = _taken_at(exif)
     if image.format in ("JPEG", "MPO"):
         # Decode at the smallest DCT scale that still covers the model input: 4-8x less work.
         shown_w, shown_h = (height, width) if orientation in _ROTATED else (width, height)
@@ -286,6 +288,17 @@ def _text(value: object) -> str | None:
     if isinstance(value, bytes):
         return value.decode("utf-8", errors="replace")
     return value if isinstance(value, str) else None
+
+
+def _taken_at(exif: Image.Exif) -> datetime | None:
+    """When the picture was taken: EXIF DateTimeOriginal, else DateTimeDigitized, else IFD0 DateTime
+    (all that many scanners, editors and older cameras write)."""
+    ifd = exif.get_ifd(EXIF_IFD)
+    for value in (ifd.get(EXIF_DATETIME_ORIGINAL), ifd.get(EXIF_DATETIME_DIGITIZED), exif.get(EXIF_DATETIME)):
+        taken = _exif_datetime(value)
+        if taken is not None:
+            return taken
+    return None
 
 
 def _exif_datetime(value: object) -> datetime | None:

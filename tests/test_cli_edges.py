@@ -142,6 +142,21 @@ def test_serve_on_a_busy_port_stops_before_opening_anything(tmp_path: Path) -> N
 # --- 5. misspelt model names -------------------------------------------------------------------
 
 
+@pytest.mark.parametrize(
+    ("args", "error"),
+    [
+        (["search", "x", "--limit", "5"], "Error: No such option '--limit'. Did you mean '-k'?"),
+        (["similar", "--id", "x", "--top", "5"], "Error: No such option '--top'. Did you mean '-k'?"),
+        (["map", "-o", "map.html"], "Error: No such option '-o'. Did you mean '--out'?"),
+        (["search", "x", "-o", "y"], "Error: No such option '-o'."),  # search has no --out
+        (["search", "x", "--lmit", "5"], "Error: No such option '--lmit'. Did you mean '--like'?"),  # click's own
+    ],
+)
+def test_options_of_other_tools_point_to_clipdex_s_own(args: list[str], error: str) -> None:
+    result = run(*args, ok=False)
+    assert result.exit_code == 2 and result.stderr.splitlines()[-1] == error
+
+
 def test_misspelt_model_and_tag_suggest_the_nearest(shared: Shared, tmp_path: Path) -> None:
     result = run("ingest", str(shared.photos), "--db", str(tmp_path / "db"), "--model", "ViT-B-33", ok=False)
     assert (result.exit_code, result.stderr) == (

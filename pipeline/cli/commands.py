@@ -61,6 +61,11 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 F = Callable[..., Any]
 
 
+# Options of other tools people type for clipdex's own (where the command has that option).
+OPTION_SYNONYMS = {"--limit": "-k", "--top": "-k", "--top-k": "-k", "--num": "-k", "-n": "-k", "--count": "-k",
+                   "--number": "-k", "--output": "--out", "-o": "--out", "--database": "--db"}  # fmt: skip
+
+
 class _Group(click.Group):
     """Turns user errors (pipeline.errors.USER_ERRORS) into one-line messages and exit code 1, in
     one place; anything else is a bug and keeps its traceback. CLIPDEX_DEBUG=1 re-raises user
@@ -69,6 +74,14 @@ class _Group(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except click.NoSuchOption as exc:
+            # click suggests by spelling (--limit -> --like); the option people mean comes first.
+            meant = OPTION_SYNONYMS.get(exc.option_name)
+            command = exc.ctx.command if exc.ctx else None
+            if meant and command and any(meant in p.opts for p in command.params):
+                message = f"No such option {exc.option_name!r}. Did you mean {meant!r}?"
+                raise click.NoSuchOption(exc.option_name, message, ctx=exc.ctx) from exc
+            raise
         except USER_ERRORS as exc:
             if os.environ.get(DEBUG_ENV, "") not in ("", "0"):
                 raise

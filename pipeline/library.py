@@ -191,7 +191,7 @@ class Clipdex:
             engine = self._ray_engine()
             # Hashing files to find moves stays here, in this machine's decode processes.
             options = dataclasses.replace(options, workers=Settings().decode_workers)
-        ingester = Ingester(self.collection, self.loaded_encoder(progress), options, engine, stop)
+        ingester = Ingester(self.collection, lambda: self.loaded_encoder(progress), options, engine, stop)
         with self.collection.writer(command):
             report = ingester.run(roots, progress)
             if not report.interrupted:
@@ -237,7 +237,7 @@ class Clipdex:
             options = IngestOptions(
                 workers=workers, max_pixels=self.settings.max_pixels, prune=False, force=frozenset(paths)
             )
-            report = Ingester(self.collection, self.encoder, options, LocalEngine()).run(paths, progress)
+            report = Ingester(self.collection, lambda: self.encoder, options, LocalEngine()).run(paths, progress)
             return report.added + report.updated
 
         with self.collection.writer("verify --repair"):  # before reading: the report must stay true

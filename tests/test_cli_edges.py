@@ -265,8 +265,11 @@ def test_ingest_on_a_terminal_shows_the_load_and_counts_it(
     text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", result.stderr)
     assert f"loading model {tiny_model} ..." in text  # while the collection is created
     assert "17/17" in text
-    again = run("ingest", str(photos / "good"), "--db", db).stderr  # the stored model loads in ingest
-    assert f"loading model {tiny_model} ..." in re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", again)
+    again = run("ingest", str(photos / "good"), "--db", db).stderr  # nothing to embed: no model loads
+    assert "loading model" not in again and len(loads) == 1
+    corpus.pattern_image(photos / "good" / "new.jpg", seed=77)
+    more = run("ingest", str(photos / "good"), "--db", db).stderr  # the stored model loads, and says so
+    assert f"loading model {tiny_model} ..." in re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", more)
     monkeypatch.setattr("pipeline.cli.commands._stderr_is_terminal", lambda: False)
     assert run("ingest", str(photos / "good"), "--db", db).stderr == ""
 

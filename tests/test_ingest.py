@@ -76,7 +76,8 @@ def test_rerun_changes_nothing_and_decodes_nothing(
 
     monkeypatch.setattr("pipeline.ingest.local.decode_media", no_decoding)
     monkeypatch.setattr("pipeline.ingest.plan.hash_file", no_decoding)
-    report = lib.ingest([photos])
+    monkeypatch.setattr("models.load_encoder", no_decoding)  # nothing to embed: no model is loaded
+    report = open_library(db, tiny_model).ingest([photos])  # a new process's view: no model in memory
     assert (report.added, report.updated, report.moved, report.removed) == (0, 0, 0, 0)
     assert (report.unchanged, report.failed) == (N_GOOD, N_BAD)
     assert vectors(lib) == before
@@ -104,7 +105,10 @@ def test_touched_file_keeps_its_vector(photos: Path, db: str, tiny_model: str) -
     target = photos / "good" / "photo.jpg"
     before = vectors(lib)[str(target)]
     os.utime(target, ns=(1_600_000_000_000_000_000, 1_600_000_000_000_000_000))
-    report = lib.ingest([photos])
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("pipeline.ingest.local.decode_media", lambda *a: pytest.fail("a touched file was decoded"))
+        patch.setattr("models.load_encoder", lambda spec: pytest.fail("a model was loaded for a touched file"))
+        report = open_library(db, tiny_model).ingest([photos])  # hashed, the same bytes: kept as it is
     assert (report.updated, report.unchanged) == (0, N_GOOD)
     assert vectors(lib)[str(target)] == before
     assert lib.collection.file_states()[str(target)].mtime_ns == 1_600_000_000_000_000_000

@@ -8,12 +8,13 @@ record failures the same way.
 
 from __future__ import annotations
 
+import functools
 import os
 import secrets
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Protocol
@@ -86,7 +87,7 @@ class Sync:
     def __init__(
         self,
         collection: Collection,
-        encoder: Encoder,
+        encoder: Callable[[], Encoder],
         options: IngestOptions,
         states: dict[str, FileState],
         plan: Plan,
@@ -97,7 +98,7 @@ class Sync:
         failed: Iterable[str] = (),
     ) -> None:
         self.collection = collection
-        self.encoder = encoder
+        self._load_encoder = encoder
         self.options = options
         self.states = states
         self.plan = plan
@@ -112,6 +113,11 @@ class Sync:
         # Paths with a recorded failure: only those are cleared (a DELETE that matches nothing
         # still makes a new table version, and a run that changes nothing must write nothing).
         self.failed = set(failed)
+
+    @functools.cached_property
+    def encoder(self) -> Encoder:
+        """The model, loaded when the run first needs it: a run with nothing to embed loads none."""
+        return self._load_encoder()
 
     def target(self, f: ScannedFile) -> Target:
         """The row this file becomes: a stored file keeps its id; size and mtime as scanned (if the
@@ -204,13 +210,13 @@ class Ingester:
     def __init__(
         self,
         collection: Collection,
-        encoder: Encoder,
+        encoder: Callable[[], Encoder],
         options: IngestOptions,
         engine: Engine,
         stop: threading.Event | None = None,
     ) -> None:
         self.collection = collection
-        self.encoder = encoder
+        self.encoder = encoder  # called when the run first needs the model (nothing to embed: never)
         self.options = options
         self.stop = stop or threading.Event()  # set it (on Ctrl-C) to stop after the batch being written
         self.engine = engine
@@ -270,7 +276,7 @@ class Ingester:
             report.interrupted = True
             report.seconds = time.monotonic() - started
             return report
-        self._sync_captions(plan.recaption, report, sync.unreadable_sidecars)
+        self._sync_captions(plan.recaption, report, sync)
         if sync.unreadable_sidecars:
             first = sync.unreadable_sidecars[0]
             report.notes.append(
@@ -290,9 +296,7 @@ class Ingester:
         """After a complete run: the index above index_threshold, compaction when anything changed."""
         report.index = self.engine.finish(self.collection, index_threshold, report.changed)
 
-    def _sync_captions(
-        self, files: Iterable[tuple[ScannedFile, FileState]], report: IngestReport, unreadable: list[str]
-    ) -> None:
+    def _sync_captions(self, files: Iterable[tuple[ScannedFile, FileState]], report: IngestReport, sync: Sync) -> None:
         """Pick up sidecar and manifest edits for images whose own bytes did not change."""
         changes: list[tuple[str, str | None, str | None, str | None]] = []
         edited = 0
@@ -300,14 +304,14 @@ class Ingester:
             if stored.kind == "video":
                 continue  # videos have no captions (a sidecar's text is not a moment's)
             stamp = sidecar_stamp(f.sidecar)
-            planned = planned_caption(self.options.captions, f.path, f.sidecar, stored, unreadable, stamp)
+            planned = planned_caption(self.options.captions, f.path, f.sidecar, stored, sync.unreadable_sidecars, stamp)
             caption, source = choose_caption(planned, stored.description)
             stamp = stamp if source == "sidecar" else None
             if (caption, source, stamp) != (stored.caption, stored.caption_source, stored.caption_stamp):
                 changes.append((stored.id, caption, source, stamp))
                 edited += (caption, source) != (stored.caption, stored.caption_source)
         if changes:  # a sidecar touched but not edited only gets its new stamp
-            vectors = embed_captions(self.encoder, [c for _, c, _, _ in changes])
+            vectors = embed_captions(sync.encoder, [c for _, c, _, _ in changes])
             self.collection.set_captions(
                 [CaptionUpdate(i, c, s, v, st) for (i, c, s, st), v in zip(changes, vectors, strict=True)]
             )

@@ -216,7 +216,7 @@ class Ingester:
         stop: threading.Event | None = None,
     ) -> None:
         self.collection = collection
-        self.encoder = encoder  # called when the run first needs the model (nothing to embed: never)
+        self.load_encoder = encoder  # called when the run first needs the model (nothing to embed: never)
         self.options = options
         self.stop = stop or threading.Event()  # set it (on Ctrl-C) to stop after the batch being written
         self.engine = engine
@@ -257,7 +257,7 @@ class Ingester:
         report.failed = plan.known_failed
         with DecodePool(opts.workers) as pool:
             sync = Sync(
-                self.collection, self.encoder, opts, states, plan, report, pool, self.stop, progress, failed_before
+                self.collection, self.load_encoder, opts, states, plan, report, pool, self.stop, progress, failed_before
             )
             now = datetime.now(UTC)
             sync.fail([Failure(p, reason, 0, 0, now) for p, reason in scan.errors], known=failed_before)
